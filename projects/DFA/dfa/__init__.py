@@ -1,0 +1,1 @@
+"""DFA: Deep Fashion Alignment (FLD paper) for Detectron2."""

@@ -1,0 +1,1 @@
+"""Datasets (DeepFashion2, FLD, synthetic garments) and the keypoint-aware mapper."""

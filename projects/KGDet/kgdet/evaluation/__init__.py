@@ -1,0 +1,1 @@
+"""Evaluation: DeepFashion2 box/keypoint AP and FLD NE/PDL."""

@@ -1,0 +1,2 @@
+"""KGDet model: meta-architecture, head, assignment, losses."""
+from .deform_conv import KGDeformConv

@@ -1,0 +1,44 @@
+#!/usr/bin/env python
+"""Installs the pure-Python packages ``kgdet`` and ``dfa`` (Detectron2 must be installed first)."""
+from setuptools import find_packages, setup
+
+PACKAGE_DIRS = {"kgdet": "projects/KGDet/kgdet", "dfa": "projects/DFA/dfa"}
+
+
+def _packages():
+    packages = []
+    for name, path in PACKAGE_DIRS.items():
+        packages.append(name)
+        packages += [f"{name}.{sub}" for sub in find_packages(path)]
+    return packages
+
+
+def _package_dir():
+    mapping = {}
+    for name, path in PACKAGE_DIRS.items():
+        mapping[name] = path
+        for sub in find_packages(path):
+            mapping[f"{name}.{sub}"] = f"{path}/{sub.replace('.', '/')}"
+    return mapping
+
+
+setup(
+    name="kgdet",
+    version="0.1.0",
+    description="KGDet (keypoint-guided clothing detection) and DFA for Detectron2",
+    python_requires=">=3.9",
+    packages=_packages(),
+    package_dir=_package_dir(),
+    install_requires=[
+        # torch / torchvision are pinned in requirements.txt (served from this machine's disk);
+        # Detectron2 itself is a prerequisite installed as Detectron2 documents it.
+        "fvcore>=0.1.5,<0.1.6",
+        "pycocotools>=2.0.2",
+        "numpy",
+        "opencv-python-headless",
+        "tqdm",
+        "scikit-learn",
+        "setuptools<81",
+    ],
+    extras_require={"dev": ["pytest", "black", "isort", "matplotlib"]},
+)
