@@ -1,1 +1,26 @@
-"""Datasets (DeepFashion2, FLD, synthetic garments) and the keypoint-aware mapper."""
+"""Datasets (DeepFashion2, FLD, synthetic garments) and the keypoint-aware mapper.
+
+Importing this package registers the built-in datasets (lazily; see :mod:`kgdet.data.builtin`).
+"""
+
+from .dataset_mapper import KGDetDatasetMapper
+from .register import (
+    load_deepfashion2_json,
+    load_fld_json,
+    register_deepfashion2_instances,
+    register_fld_instances,
+)
+from .synthetic import register_synthetic_datasets
+from .builtin import register_all_deepfashion2, register_all_fld  # registers on import
+from . import deepfashion2_meta, fld_meta
+
+__all__ = [
+    "KGDetDatasetMapper",
+    "register_deepfashion2_instances",
+    "register_fld_instances",
+    "register_all_deepfashion2",
+    "register_all_fld",
+    "register_synthetic_datasets",
+    "load_deepfashion2_json",
+    "load_fld_json",
+]

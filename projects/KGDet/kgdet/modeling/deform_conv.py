@@ -1,28 +1,238 @@
-"""One deformable-convolution module for every device.
+"""One deformable-convolution module for every device, with a fast CPU formulation.
 
 Detectron2's ``DeformConv`` has no CPU backward (and is a dummy without the compiled ``_C``);
-torchvision's ``deform_conv2d`` has forward and backward on CPU and CUDA and uses the same
-offset layout (channel 2m = dy, 2m+1 = dx of kernel tap m, row-major) and weight shape.
+torchvision's ``deform_conv2d`` has forward and backward on CPU and CUDA but is slow on CPU
+(its im2col kernel is single-threaded per image). Both use the same offset layout (channel 2m =
+dy, 2m+1 = dx of kernel tap m, row-major; KGDET_SPEC §3.1, DETECTRON2_GUIDE §2.3) and weight
+shape (out, in, k, k).
+
+On CPU the default path writes the deformable convolution as
+
+    1. a bilinear gather of every tap: ``F.embedding_bag`` over the channels-last input rows,
+       4 corners per sample, the bilinear weights as ``per_sample_weights`` (out-of-bounds
+       corners get weight 0, which is torchvision's zero-padding rule), then
+    2. one matrix multiply of the (cells, k*k*C) samples with the weight.
+
+Autograd differentiates both steps: ``embedding_bag`` gives the input gradient and the gradient
+of the per-sample weights, which carries the offset gradient. The result equals
+``torchvision.ops.deform_conv2d`` in values and in gradients w.r.t. input, offset and weight
+(tests/test_deform_conv.py). The issue's ``grid_sample`` + matmul formulation is kept as
+``impl="grid_sample"``; ``tools/benchmark_deform.py`` times all paths.
 """
+
+import logging
 import math
-
+from typing import Optional, Tuple
 import torch
-from torch import nn
-from torchvision.ops import deform_conv2d
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import deform_conv2d as tv_deform_conv2d
 
-__all__ = ["KGDeformConv"]
+__all__ = ["KGDeformConv", "deform_conv2d_gather", "deform_conv2d_grid_sample", "DEFORM_IMPLS"]
+
+logger = logging.getLogger(__name__)
+
+DEFORM_IMPLS = ("auto", "gather", "grid_sample", "torchvision", "detectron2")
+
+# Samples are gathered and multiplied in chunks of cells whose sampled block stays below this
+# size: large temporary blocks are served by fresh mmap pages (glibc's threshold is 32 MiB),
+# whose page faults cost as much as the gather itself at P5 with a 7x7 kernel.
+_CHUNK_BYTES = 8 << 20
+
+
+def _detectron2_cuda_available() -> bool:
+    try:
+        from detectron2 import _C
+    except ImportError:
+        return False
+    return bool(_C.has_cuda())
+
+
+def _output_size(x: Tensor, k: int, padding: int) -> Tuple[int, int]:
+    return x.shape[-2] + 2 * padding - k + 1, x.shape[-1] + 2 * padding - k + 1
+
+
+def _check_inputs(x: Tensor, offset: Tensor, weight: Tensor, padding: int) -> None:
+    if x.dim() != 4 or offset.dim() != 4:
+        raise ValueError(
+            f"deformable conv expects 4-D input and offset, got input {tuple(x.shape)} and "
+            f"offset {tuple(offset.shape)}"
+        )
+    out_ch, in_ch, kh, kw = weight.shape
+    if kh != kw:
+        raise ValueError(f"deformable conv expects a square kernel, got {kh}x{kw}")
+    if x.shape[1] != in_ch:
+        raise ValueError(f"input has {x.shape[1]} channels, the weight expects {in_ch}")
+    expected = (x.shape[0], 2 * kh * kw, *_output_size(x, kh, padding))
+    if tuple(offset.shape) != expected:
+        raise ValueError(
+            f"offset shape {tuple(offset.shape)} does not match the {kh}x{kw} kernel with "
+            f"padding {padding} on input {tuple(x.shape)}: expected {expected} "
+            "(N, 2*k*k, H_out, W_out), one offset group, stride 1"
+        )
+
+
+def _sample_positions(offset: Tensor, k: int, padding: int) -> Tuple[Tensor, Tensor]:
+    """Absolute sampling rows/cols (N, Ho, Wo, k*k) in input pixels, tap-minor order.
+
+    Tap m = a*k + b of output cell (i, j) samples at (i - padding + a + dy_m, j - padding + b + dx_m)
+    (``deform_conv2d``'s convention: stride 1, dilation 1).
+    """
+    n, _, ho, wo = offset.shape
+    taps = k * k
+    off = offset.view(n, taps, 2, ho, wo).permute(0, 3, 4, 1, 2)  # (N, Ho, Wo, L, 2)
+    kernel = torch.arange(k, device=offset.device, dtype=offset.dtype) - padding
+    rows = torch.arange(ho, device=offset.device, dtype=offset.dtype)
+    cols = torch.arange(wo, device=offset.device, dtype=offset.dtype)
+    base_y = rows.view(ho, 1, 1) + kernel.repeat_interleave(k).view(1, 1, taps)
+    base_x = cols.view(1, wo, 1) + kernel.repeat(k).view(1, 1, taps)
+    return off[..., 0] + base_y, off[..., 1] + base_x
+
+
+def _bilinear_corners(y: Tensor, x: Tensor, height: int, width: int) -> Tuple[Tensor, Tensor]:
+    """Row indices (M, 4) into the (N*H*W, C) input and bilinear weights (M, 4).
+
+    Corners outside the map get weight 0 (and a clamped, valid index), so the sample equals
+    ``deform_conv2d``'s: out-of-bounds corners contribute 0, in value and in gradient. The
+    weights are differentiable w.r.t. ``y`` and ``x`` (the offsets); floor() has zero gradient.
+    """
+    y0 = torch.floor(y)
+    x0 = torch.floor(x)
+    ly = y - y0
+    lx = x - x0
+    valid_y = torch.stack([(y0 >= 0) & (y0 <= height - 1), (y0 >= -1) & (y0 <= height - 2)], -1)
+    valid_x = torch.stack([(x0 >= 0) & (x0 <= width - 1), (x0 >= -1) & (x0 <= width - 2)], -1)
+    wy = torch.stack([1 - ly, ly], -1) * valid_y
+    wx = torch.stack([1 - lx, lx], -1) * valid_x
+    weights = (wy.unsqueeze(-1) * wx.unsqueeze(-2)).reshape(-1, 4)
+
+    y0 = y0.detach()
+    x0 = x0.detach()
+    iy = torch.stack([y0, y0 + 1], -1).clamp_(0, height - 1).long() * width
+    ix = torch.stack([x0, x0 + 1], -1).clamp_(0, width - 1).long()
+    n = y.shape[0]
+    image_start = torch.arange(n, device=y.device).mul_(height * width)
+    image_start = image_start.view(n, *([1] * (iy.dim() - 1)))
+    index = (iy + image_start).unsqueeze(-1) + ix.unsqueeze(-2)
+    return index.reshape(-1, 4), weights
+
+
+def _weight_matrix(weight: Tensor) -> Tensor:
+    """(out, in, k, k) -> (out, k*k*in): the column order of the tap-major, channel-minor samples."""
+    out_ch = weight.shape[0]
+    return weight.permute(0, 2, 3, 1).reshape(out_ch, -1)
+
+
+def _empty_output(x: Tensor, offset: Tensor, weight: Tensor, padding: int) -> Tensor:
+    shape = (x.shape[0], weight.shape[0], *_output_size(x, weight.shape[-1], padding))
+    # Keep the graph connected so empty batches still produce (zero) gradients.
+    return x.new_zeros(shape) + 0.0 * (weight.sum() + offset.sum() + x.sum())
+
+
+def deform_conv2d_gather(
+    x: Tensor, offset: Tensor, weight: Tensor, padding: int, weight_matrix: Optional[Tensor] = None
+) -> Tensor:
+    """Deformable conv as bilinear ``embedding_bag`` gathers + one matmul (see module doc).
+
+    Args:
+        x: (N, C, H, W) input.
+        offset: (N, 2*k*k, Ho, Wo), yx-interleaved per tap, stride 1, one offset group.
+        weight: (Cout, C, k, k).
+        padding: zero padding on each side.
+        weight_matrix: optional precomputed ``_weight_matrix(weight)`` (inference cache).
+    Returns:
+        (N, Cout, Ho, Wo), channels-last strided.
+    """
+    _check_inputs(x, offset, weight, padding)
+    if x.numel() == 0 or offset.numel() == 0:
+        return _empty_output(x, offset, weight, padding)
+    n, c, h, w = x.shape
+    out_ch, _, k, _ = weight.shape
+    taps = k * k
+    ho, wo = offset.shape[-2:]
+
+    y, xs = _sample_positions(offset, k, padding)
+    index, bilinear = _bilinear_corners(y, xs, h, w)
+    rows = x.permute(0, 2, 3, 1).contiguous().view(n * h * w, c)
+    if weight_matrix is None:
+        weight_matrix = _weight_matrix(weight)
+
+    cells = n * ho * wo
+    step = max(1, _CHUNK_BYTES // (taps * c * x.element_size()))
+    outputs = []
+    for start in range(0, cells, step):
+        stop = min(cells, start + step)
+        samples = F.embedding_bag(
+            index[start * taps : stop * taps],
+            rows,
+            per_sample_weights=bilinear[start * taps : stop * taps],
+            mode="sum",
+        )
+        outputs.append(F.linear(samples.view(stop - start, taps * c), weight_matrix))
+    out = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+    return out.view(n, ho, wo, out_ch).permute(0, 3, 1, 2)
+
+
+def deform_conv2d_grid_sample(x: Tensor, offset: Tensor, weight: Tensor, padding: int) -> Tensor:
+    """Deformable conv as one ``F.grid_sample`` of all taps + one matmul (the issue's variant).
+
+    The input is zero-padded by one pixel and sampled with ``padding_mode="zeros"``,
+    ``align_corners=True`` in that padded frame, which reproduces ``deform_conv2d``'s
+    zero-padding rule (and works for 1-pixel maps). Values and gradients match torchvision to
+    float rounding of the coordinate normalisation (gradients w.r.t. offsets may differ on exact
+    integer sampling positions, where bilinear interpolation has a kink).
+    """
+    _check_inputs(x, offset, weight, padding)
+    if x.numel() == 0 or offset.numel() == 0:
+        return _empty_output(x, offset, weight, padding)
+    n, c, h, w = x.shape
+    out_ch, _, k, _ = weight.shape
+    taps = k * k
+    ho, wo = offset.shape[-2:]
+
+    y, xs = _sample_positions(offset, k, padding)
+    # Padded frame: index 0 and H+1 are the zero border; align_corners=True maps -1..1 to 0..H+1.
+    grid = torch.stack([(xs + 1) * (2.0 / (w + 1)) - 1, (y + 1) * (2.0 / (h + 1)) - 1], -1)
+    padded = F.pad(x, (1, 1, 1, 1)).contiguous(memory_format=torch.channels_last)
+    samples = F.grid_sample(
+        padded, grid.view(n, ho * wo, taps, 2), "bilinear", "zeros", align_corners=True
+    )  # (N, C, Ho*Wo, L), channels-last strided
+    samples = samples.permute(0, 2, 3, 1).reshape(n * ho * wo, taps * c)
+    out = F.linear(samples, _weight_matrix(weight))
+    return out.view(n, ho, wo, out_ch).permute(0, 3, 1, 2)
 
 
 class KGDeformConv(nn.Module):
     """Deformable conv (one offset group, stride 1, no bias) with a device-dependent kernel.
 
     The single ``weight`` parameter has the name and shape of Detectron2's ``DeformConv``, so
-    checkpoints load into either path.
+    checkpoints load into either path, and every ``impl`` computes the same function:
+
+    * ``"auto"``: CUDA input -> Detectron2's op when ``detectron2._C`` has CUDA, else
+      torchvision; CPU input -> ``"gather"``.
+    * ``"gather"``: :func:`deform_conv2d_gather` (fastest on CPU; trains on CPU).
+    * ``"grid_sample"``: :func:`deform_conv2d_grid_sample`.
+    * ``"torchvision"``: ``torchvision.ops.deform_conv2d``.
+    * ``"detectron2"``: ``detectron2.layers.deform_conv`` (on CPU its forward is torchvision's
+      and its backward raises, as in Detectron2).
+
+    Under AMP the convolution runs in float32 (DETECTRON2_GUIDE §2.3).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int,
-                 impl: str = "auto"):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        padding: int,
+        impl: str = "auto",
+    ):
         super().__init__()
+        if impl not in DEFORM_IMPLS:
+            raise ValueError(
+                f"KGDeformConv impl (MODEL.KGDET.DEFORM_IMPL) must be one of {DEFORM_IMPLS}, "
+                f"got {impl!r}"
+            )
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.kernel_size = kernel_size
@@ -30,11 +240,53 @@ class KGDeformConv(nn.Module):
         self.impl = impl
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        # Inference cache of the permuted weight: (key, tensor); never saved in checkpoints.
+        self._weight_matrix_cache: Optional[Tuple[tuple, Tensor]] = None
 
-    def forward(self, x: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
-        """x: (N, Cin, H, W); offset: (N, 2*k*k, H, W) -> (N, Cout, H, W)."""
-        return deform_conv2d(x, offset, self.weight, padding=(self.padding, self.padding))
+    def resolved_impl(self, device: torch.device) -> str:
+        """The implementation ``"auto"`` resolves to for tensors on ``device``."""
+        if self.impl != "auto":
+            return self.impl
+        if device.type == "cuda":
+            return "detectron2" if _detectron2_cuda_available() else "torchvision"
+        return "gather"
+
+    def _cached_weight_matrix(self) -> Optional[Tensor]:
+        """The permuted weight, reused across calls when no gradient is recorded."""
+        weight = self.weight
+        if torch.is_grad_enabled() and weight.requires_grad:
+            return None
+        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device, weight.shape)
+        if self._weight_matrix_cache is None or self._weight_matrix_cache[0] != key:
+            self._weight_matrix_cache = (key, _weight_matrix(weight.detach()))
+        return self._weight_matrix_cache[1]
+
+    def forward(self, x: Tensor, offset: Tensor) -> Tensor:
+        """x: (N, Cin, H, W); offset: (N, 2*k*k, H_out, W_out) -> (N, Cout, H_out, W_out)."""
+        weight = self.weight
+        if torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                return self._forward(x.float(), offset.float(), weight.float())
+        return self._forward(x, offset, weight)
+
+    def _forward(self, x: Tensor, offset: Tensor, weight: Tensor) -> Tensor:
+        impl = self.resolved_impl(x.device)
+        if impl == "gather":
+            matrix = self._cached_weight_matrix() if weight is self.weight else None
+            return deform_conv2d_gather(x, offset, weight, self.padding, matrix)
+        if impl == "grid_sample":
+            return deform_conv2d_grid_sample(x, offset, weight, self.padding)
+        _check_inputs(x, offset, weight, self.padding)
+        if x.numel() == 0 or offset.numel() == 0:
+            return _empty_output(x, offset, weight, self.padding)
+        if impl == "torchvision":
+            return tv_deform_conv2d(x, offset, weight, padding=(self.padding, self.padding))
+        from detectron2.layers.deform_conv import deform_conv
+
+        return deform_conv(x, offset, weight, 1, self.padding, 1, 1, 1)
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"padding={self.padding}, impl={self.impl}")
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"padding={self.padding}, impl={self.impl}"
+        )

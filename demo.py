@@ -1,0 +1,234 @@
+#!/usr/bin/env python
+"""KGDet predictor demo: detect garments and their keypoints in images.
+
+    python demo.py --config-file configs/kgdet_synth.yaml --input IMG_OR_DIR_OR_GLOB [...] \
+        --output DIR [--confidence-threshold 0.3] [--keypoint-threshold 0.5] \
+        MODEL.WEIGHTS model_final.pth MODEL.DEVICE cpu
+
+For every readable input image it writes ``DIR/<name>.jpg`` (boxes, class names and scores, and
+only the keypoints of each garment's own class: filled dots for keypoint scores >= the keypoint
+threshold, hollow rings below it) and, at the end, ``DIR/predictions.json``:
+``{"images": [{"file_name", "height", "width", "instances": [{"bbox": [x1, y1, x2, y2],
+"score", "category_id" (contiguous), "category_name", "keypoints": [{"slot", "name", "x", "y",
+"score"}, ...]}]}], "skipped": [{"file_name", "error"}]}`` — coordinates are Detectron2's
+continuous image coordinates of the original image. Images that cannot be read are skipped with a
+counted warning; the others are still written. Config overrides may follow the arguments
+(``KEY VALUE`` pairs) or ``--opts``.
+"""
+import argparse
+import glob
+import logging
+import os
+import re
+import sys
+from typing import Dict, List, Sequence, Tuple
+
+import cv2
+import numpy as np
+import tqdm
+
+from detectron2.config import get_cfg
+from detectron2.data import MetadataCatalog
+from detectron2.data.detection_utils import read_image
+from detectron2.engine import DefaultPredictor
+from detectron2.utils.logger import setup_logger
+
+import kgdet
+from kgdet.evaluation.file_io import write_atomic, write_json_atomic
+from kgdet.evaluation.garment_visualizer import GarmentVisualizer
+
+logger = logging.getLogger("kgdet.demo")
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+_CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Za-z0-9_]+)+$")
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="KGDet garment detection demo")
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="config yaml")
+    parser.add_argument(
+        "--input",
+        nargs="+",
+        required=True,
+        help="image files, directories (all images inside) or glob patterns",
+    )
+    parser.add_argument("--output", required=True, help="output directory")
+    parser.add_argument(
+        "--confidence-threshold",
+        type=float,
+        default=0.3,
+        help="minimum detection score (sets MODEL.KGDET.SCORE_THRESH_TEST)",
+    )
+    parser.add_argument(
+        "--keypoint-threshold",
+        type=float,
+        default=0.5,
+        help="keypoints scoring at least this are drawn filled, weaker ones hollow",
+    )
+    parser.add_argument(
+        "--opts", default=[], nargs=argparse.REMAINDER, help="config overrides KEY VALUE ..."
+    )
+    return parser
+
+
+def parse_args(argv: Sequence[str] = None) -> argparse.Namespace:
+    """Parse; ``KEY VALUE`` overrides may also follow the other arguments without ``--opts``."""
+    args, rest = get_parser().parse_known_args(argv)
+    # `--input` takes several values: a config key among them starts the overrides.
+    for i, item in enumerate(args.input):
+        if _CONFIG_KEY.match(item):
+            rest = args.input[i:] + rest
+            args.input = args.input[:i]
+            break
+    unknown = [r for r in rest if r.startswith("--")]
+    if unknown:
+        get_parser().error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.opts = list(rest) + list(args.opts)
+    if not args.input:
+        get_parser().error("--input needs at least one image, directory or glob pattern")
+    return args
+
+
+def setup_cfg(args: argparse.Namespace):
+    cfg = get_cfg()
+    kgdet.add_kgdet_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.MODEL.KGDET.SCORE_THRESH_TEST = args.confidence_threshold
+    cfg.freeze()
+    return cfg
+
+
+def expand_inputs(inputs: Sequence[str]) -> List[str]:
+    """Files as given, images inside directories, glob matches; sorted, duplicates removed."""
+    paths: List[str] = []
+    for item in inputs:
+        if os.path.isdir(item):
+            found = sorted(
+                os.path.join(item, f)
+                for f in os.listdir(item)
+                if f.lower().endswith(IMAGE_EXTENSIONS)
+            )
+        elif any(ch in item for ch in "*?["):
+            found = sorted(glob.glob(os.path.expanduser(item)))
+        else:
+            found = [item]  # an unreadable or missing file is reported when read
+        if not found:
+            logger.warning(f"--input '{item}' matched no image")
+        paths.extend(found)
+    return list(dict.fromkeys(paths))
+
+
+def _output_names(paths: Sequence[str]) -> Dict[str, str]:
+    """Unique output file names (``<stem>.jpg``, ``<stem>_2.jpg``, ... on clashes)."""
+    names, used = {}, set()
+    for path in paths:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        name, n = f"{stem}.jpg", 1
+        while name in used:
+            n += 1
+            name = f"{stem}_{n}.jpg"
+        used.add(name)
+        names[path] = name
+    return names
+
+
+def instances_to_json(instances, metadata) -> List[dict]:
+    """Detections with only each garment's own keypoint slots (continuous image coordinates)."""
+    names = metadata.get("thing_classes", None)
+    kp_names = metadata.get("keypoint_names", None)
+    class_slots = metadata.get("class_keypoint_slots", None)
+    boxes = instances.pred_boxes.tensor.tolist()
+    scores = instances.scores.tolist()
+    classes = instances.pred_classes.tolist()
+    kps = instances.pred_keypoints.numpy() if instances.has("pred_keypoints") else None
+    out = []
+    for i, (box, score, cls) in enumerate(zip(boxes, scores, classes)):
+        item = {
+            "bbox": [round(v, 2) for v in box],
+            "score": round(float(score), 5),
+            "category_id": int(cls),
+            "category_name": names[cls] if names else str(cls),
+        }
+        if kps is not None and class_slots is not None:
+            item["keypoints"] = [
+                {
+                    "slot": int(s),
+                    "name": kp_names[s] if kp_names else str(s),
+                    "x": round(float(kps[i, s, 0]), 2),
+                    "y": round(float(kps[i, s, 1]), 2),
+                    "score": round(float(kps[i, s, 2]), 5),
+                }
+                for s in class_slots[cls]
+            ]
+        out.append(item)
+    return out
+
+
+def run_demo(args: argparse.Namespace) -> Tuple[int, int]:
+    """Run on every input; returns (images written, images skipped)."""
+    cfg = setup_cfg(args)
+    dataset = cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else cfg.DATASETS.TRAIN[0]
+    metadata = MetadataCatalog.get(dataset)
+    paths = expand_inputs(args.input)
+    if not paths:
+        raise SystemExit("demo: no input image found")
+    predictor = DefaultPredictor(cfg)
+    os.makedirs(args.output, exist_ok=True)
+    out_names = _output_names(paths)
+    records, skipped = [], []
+    for path in tqdm.tqdm(paths, desc="demo", unit="img", disable=len(paths) < 2):
+        try:
+            image = read_image(path, format="BGR")
+        except Exception as e:  # noqa: B902 - PIL/OS errors of many kinds for bad files
+            logger.warning(f"Skipping unreadable image '{path}': {e}")
+            skipped.append({"file_name": path, "error": str(e)})
+            continue
+        instances = predictor(image)["instances"].to("cpu")
+        vis = GarmentVisualizer(image[:, :, ::-1], metadata)
+        drawn = vis.draw_instance_predictions_garments(instances, args.keypoint_threshold)
+        out_path = os.path.join(args.output, out_names[path])
+        write_atomic(
+            out_path,
+            lambda tmp: _imwrite(tmp, np.ascontiguousarray(drawn.get_image()[:, :, ::-1])),
+            suffix=".jpg",
+        )
+        records.append(
+            {
+                "file_name": path,
+                "output": out_path,
+                "height": int(image.shape[0]),
+                "width": int(image.shape[1]),
+                "instances": instances_to_json(instances, metadata),
+            }
+        )
+    write_json_atomic(
+        os.path.join(args.output, "predictions.json"),
+        {"images": records, "skipped": skipped},
+        indent=1,
+    )
+    if skipped:
+        logger.warning(
+            f"Skipped {len(skipped)} of {len(paths)} inputs that could not be read: "
+            + ", ".join(s["file_name"] for s in skipped)
+        )
+    logger.info(f"Wrote {len(records)} images and predictions.json to {args.output}")
+    return len(records), len(skipped)
+
+
+def _imwrite(path: str, bgr: np.ndarray) -> None:
+    if not cv2.imwrite(path, bgr):
+        raise OSError(f"cv2.imwrite could not write '{path}'")
+
+
+def main(argv: Sequence[str] = None) -> int:
+    setup_logger(name="kgdet")
+    setup_logger(name="fvcore")
+    args = parse_args(argv)
+    logger.info(f"Arguments: {args}")
+    written, _ = run_demo(args)
+    return 0 if written else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""``KGDetDatasetMapper``: Detectron2's ``DatasetMapper`` that always carries keypoints.
+
+Extends the two documented extension points only (DETECTRON2_GUIDE §4.3): ``from_config`` turns
+keypoints on regardless of ``MODEL.KEYPOINT_ON`` and takes the flip indices from the training
+datasets' ``keypoint_flip_map``; ``_transform_annotations`` adds ``gt_keypoint_defined``, so the
+model can tell "slot does not exist for this garment class" from "exists but unlabelled".
+Visibility v in {0, 1, 2} passes through resize and flip unchanged (stock behaviour; points
+pushed outside the image become v = 0). Garments without any labelled keypoint are kept (they
+still train box and class); degenerate boxes are dropped by Detectron2's usual filter and
+counted in the log.
+"""
+
+import logging
+import numpy as np
+from typing import List, Sequence
+import torch
+
+from detectron2.config import configurable
+from detectron2.data import DatasetMapper, MetadataCatalog
+from detectron2.data import detection_utils as utils
+from detectron2.structures import Keypoints
+from detectron2.utils.logger import log_every_n_seconds
+
+__all__ = ["KGDetDatasetMapper", "class_keypoint_mask"]
+
+logger = logging.getLogger(__name__)
+
+
+def class_keypoint_mask(class_keypoint_slots: Sequence[Sequence[int]], num_keypoints: int):
+    """(C, K) bool tensor: entry [c, k] is True iff global slot k exists for class c."""
+    mask = torch.zeros(len(class_keypoint_slots), num_keypoints, dtype=torch.bool)
+    for c, slots in enumerate(class_keypoint_slots):
+        slots = list(slots)
+        if slots and (min(slots) < 0 or max(slots) >= num_keypoints):
+            raise ValueError(
+                f"class_keypoint_slots[{c}] has slots outside [0, {num_keypoints}): "
+                f"min {min(slots)}, max {max(slots)}"
+            )
+        mask[c, slots] = True
+    return mask
+
+
+class KGDetDatasetMapper(DatasetMapper):
+    """DatasetMapper for KGDet: keypoints with visibility plus a per-instance slot mask.
+
+    Output ``instances`` (training): ``gt_boxes``, ``gt_classes`` (contiguous),
+    ``gt_keypoints`` (``Keypoints``, (N, K, 3), v in {0, 1, 2}) and ``gt_keypoint_defined``
+    ((N, K) bool, True where the slot exists for the instance's class).
+    """
+
+    @configurable
+    def __init__(
+        self,
+        is_train: bool = True,
+        *,
+        class_keypoint_slots: Sequence[Sequence[int]],
+        num_keypoints: int,
+        **kwargs,
+    ):
+        """
+        Args:
+            class_keypoint_slots: per contiguous class, the global keypoint slots it has
+                (metadata ``class_keypoint_slots``).
+            num_keypoints: K, the number of global keypoint slots.
+            kwargs: arguments of :class:`detectron2.data.DatasetMapper`.
+        """
+        kwargs.setdefault("use_keypoint", True)
+        super().__init__(is_train, **kwargs)
+        self.num_keypoints = int(num_keypoints)
+        self.keypoint_defined = class_keypoint_mask(class_keypoint_slots, self.num_keypoints)
+        self.num_degenerate_dropped = 0
+
+    @classmethod
+    def from_config(cls, cfg, is_train: bool = True):
+        ret = super().from_config(cfg, is_train)
+        # The flip map comes from the training sets (DATASETS.TEST if none, e.g. eval-only);
+        # create_keypoint_hflip_indices also checks that they all agree.
+        dataset_names: List[str] = list(cfg.DATASETS.TRAIN) or list(cfg.DATASETS.TEST)
+        if not dataset_names:
+            raise ValueError(
+                "KGDetDatasetMapper needs a dataset in DATASETS.TRAIN or DATASETS.TEST"
+            )
+        meta = MetadataCatalog.get(dataset_names[0])
+        keypoint_names = meta.get("keypoint_names")
+        class_keypoint_slots = meta.get("class_keypoint_slots")
+        if keypoint_names is None or class_keypoint_slots is None:
+            raise ValueError(
+                f"Dataset '{dataset_names[0]}' has no keypoint_names / class_keypoint_slots "
+                "metadata; register it with kgdet.data (register_deepfashion2_instances, "
+                "register_fld_instances) or set them in MetadataCatalog"
+            )
+        num_keypoints = cfg.MODEL.KGDET.NUM_KEYPOINTS
+        if len(keypoint_names) != num_keypoints:
+            raise ValueError(
+                f"Dataset '{dataset_names[0]}' has {len(keypoint_names)} keypoint_names but "
+                f"MODEL.KGDET.NUM_KEYPOINTS is {num_keypoints}; they must be equal"
+            )
+        num_classes = cfg.MODEL.KGDET.NUM_CLASSES
+        if len(class_keypoint_slots) != num_classes:
+            raise ValueError(
+                f"Dataset '{dataset_names[0]}' has {len(class_keypoint_slots)} classes in "
+                f"class_keypoint_slots but MODEL.KGDET.NUM_CLASSES is {num_classes}"
+            )
+        ret["use_keypoint"] = True
+        ret["keypoint_hflip_indices"] = np.asarray(
+            utils.create_keypoint_hflip_indices(dataset_names), dtype=np.int64
+        )
+        ret["class_keypoint_slots"] = class_keypoint_slots
+        ret["num_keypoints"] = num_keypoints
+        return ret
+
+    def _transform_annotations(self, dataset_dict, transforms, image_shape):
+        num_annotations = sum(1 for a in dataset_dict["annotations"] if a.get("iscrowd", 0) == 0)
+        super()._transform_annotations(dataset_dict, transforms, image_shape)
+        instances = dataset_dict["instances"]
+
+        num_dropped = num_annotations - len(instances)
+        if num_dropped > 0:
+            self.num_degenerate_dropped += num_dropped
+            log_every_n_seconds(
+                logging.WARNING,
+                f"KGDetDatasetMapper dropped {num_dropped} degenerate box(es) in "
+                f"{dataset_dict.get('file_name', '?')} ({self.num_degenerate_dropped} so far)",
+                n=30,
+                name=__name__,
+            )
+
+        if not instances.has("gt_keypoints"):
+            # Only when no annotation carried keypoints: keep the boxes, all slots unlabelled.
+            instances.gt_keypoints = Keypoints(
+                torch.zeros(len(instances), self.num_keypoints, 3, dtype=torch.float32)
+            )
+        classes = instances.gt_classes
+        if classes.numel() and int(classes.max()) >= self.keypoint_defined.shape[0]:
+            raise ValueError(
+                f"{dataset_dict.get('file_name', '?')}: class id {int(classes.max())} outside "
+                f"the {self.keypoint_defined.shape[0]} classes of class_keypoint_slots"
+            )
+        instances.gt_keypoint_defined = self.keypoint_defined[classes]

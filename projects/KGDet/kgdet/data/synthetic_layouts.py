@@ -1,0 +1,358 @@
+"""Garment shapes and keypoint layouts of the synthetic garment generator.
+
+A *shape* is a parametric garment silhouette: a builder that, given a random generator, returns
+its outline as an ordered dict ``vertex name -> (x, y)`` in a canonical frame (units of one torso
+length, x to the image right, y down, garment centred on x = 0). Names starting with ``left_`` /
+``right_`` come in mirror pairs; by the convention used throughout, ``left`` is the **image-left**
+side of an upright garment (smaller x), so a horizontal image flip maps every ``left_*`` point to
+its ``right_*`` partner, which is exactly what the layouts' flip maps say.
+
+A *layout* (``KeypointLayout``) turns shapes into dataset classes and keypoint slots:
+
+- ``DF2_LIKE_LAYOUT``: 4 classes with disjoint, contiguous class blocks whose keypoints are the
+  outline vertices themselves (as in DeepFashion2, where landmarks trace the garment contour);
+- ``FLD_LAYOUT``: the FLD layout of DATASETS.md §2.3 / KGDET_SPEC §8.5 — 3 clothing types and
+  8 shared slots (L/R collar, L/R sleeve, L/R waistline, L/R hem); a slot is a vertex or the
+  midpoint of several vertices (e.g. the sleeve landmark is the middle of the cuff).
+"""
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Sequence, Tuple, Union
+
+import numpy as np
+
+__all__ = [
+    "KeypointLayout",
+    "SHAPE_BUILDERS",
+    "DF2_LIKE_LAYOUT",
+    "FLD_LAYOUT",
+    "LAYOUTS",
+    "get_layout",
+    "mirror_vertices",
+]
+
+Vertices = "OrderedDict[str, Tuple[float, float]]"
+# A keypoint source: one vertex name, or a tuple of vertex names whose mean is the keypoint.
+KeypointSource = Union[str, Tuple[str, ...]]
+
+
+def _u(rng: np.random.Generator, low: float, high: float) -> float:
+    return float(rng.uniform(low, high))
+
+
+def _mirror_name(name: str) -> str:
+    if name.startswith("left_"):
+        return "right_" + name[len("left_") :]
+    if name.startswith("right_"):
+        return "left_" + name[len("right_") :]
+    return name
+
+
+def mirror_vertices(vertices: Vertices) -> Vertices:
+    """Mirror a canonical outline about x = 0 and swap left/right names (keeps the convention)."""
+    mirrored = OrderedDict()
+    for name in vertices:
+        x, y = vertices[_mirror_name(name)]
+        mirrored[name] = (-x, y)
+    return mirrored
+
+
+def _sleeve(shoulder, length, angle_deg, cuff_width, side):
+    """Outer and inner cuff points of a sleeve hanging from ``shoulder`` (side +1 right, -1 left).
+
+    ``angle_deg`` is measured from straight down, opening outwards.
+    """
+    a = math.radians(angle_deg)
+    direction = np.array([side * math.sin(a), math.cos(a)])
+    inward = np.array([-side * math.cos(a), math.sin(a)])  # perpendicular, towards the body
+    outer = np.asarray(shoulder) + length * direction
+    inner = outer + cuff_width * inward
+    return tuple(outer), tuple(inner)
+
+
+def _top_like(rng: np.random.Generator, long_sleeves: bool, length: float, dress: bool) -> Vertices:
+    """Upper-body outline (tops and dresses): collar, shoulders, sleeves, sides, hem.
+
+    Contour order: collar L, C, R; right side downwards; hem R, C, L; left side upwards.
+    Left and right sleeves get independent angles (pose asymmetry).
+    """
+    body = _u(rng, 0.30, 0.40)  # half-width at the armpit
+    shoulder_x = body * _u(rng, 1.0, 1.12)
+    neck = _u(rng, 0.08, 0.13)
+    drop = _u(rng, 0.03, 0.08)
+    armpit_y = _u(rng, 0.22, 0.30)
+    if long_sleeves:
+        sleeve_len, cuff = _u(rng, 0.55, 0.75), _u(rng, 0.08, 0.11)
+        low, high = 18.0, 40.0
+    else:
+        sleeve_len, cuff = _u(rng, 0.20, 0.30), _u(rng, 0.13, 0.18)
+        low, high = 30.0, 65.0
+    if dress:
+        side_name, side_y = "waist", _u(rng, 0.40, 0.50)
+        side_x = body * _u(rng, 0.75, 0.90)
+        hem_x = _u(rng, 0.42, 0.62)
+    else:
+        side_name, side_y = "side", _u(rng, 0.55, 0.65)
+        side_x = body * _u(rng, 0.88, 1.0)
+        hem_x = body * _u(rng, 0.95, 1.10)
+
+    def side_points(side: int, prefix: str) -> List[Tuple[str, Tuple[float, float]]]:
+        shoulder = (side * shoulder_x, drop)
+        outer, inner = _sleeve(shoulder, sleeve_len, _u(rng, low, high), cuff, side)
+        return [
+            (f"{prefix}_shoulder", shoulder),
+            (f"{prefix}_sleeve_outer", outer),
+            (f"{prefix}_sleeve_inner", inner),
+            (f"{prefix}_armpit", (side * body, armpit_y)),
+            (f"{prefix}_{side_name}", (side * side_x, side_y)),
+        ]
+
+    v = OrderedDict()
+    v["left_collar"] = (-neck, 0.0)
+    v["center_collar"] = (0.0, _u(rng, 0.05, 0.14))
+    v["right_collar"] = (neck, 0.0)
+    v.update(side_points(1, "right"))
+    v["right_hem"] = (hem_x, length)
+    v["center_hem"] = (0.0, length * _u(rng, 0.98, 1.03))
+    v["left_hem"] = (-hem_x, length)
+    v.update(reversed(side_points(-1, "left")))
+    return v
+
+
+def short_sleeve_top(rng: np.random.Generator) -> Vertices:
+    return _top_like(rng, long_sleeves=False, length=_u(rng, 0.9, 1.1), dress=False)
+
+
+def long_sleeve_top(rng: np.random.Generator) -> Vertices:
+    return _top_like(rng, long_sleeves=True, length=_u(rng, 0.9, 1.1), dress=False)
+
+
+def long_sleeve_dress(rng: np.random.Generator) -> Vertices:
+    return _top_like(rng, long_sleeves=True, length=_u(rng, 1.55, 2.0), dress=True)
+
+
+def short_sleeve_dress(rng: np.random.Generator) -> Vertices:
+    return _top_like(rng, long_sleeves=False, length=_u(rng, 1.55, 2.0), dress=True)
+
+
+def _legwear(rng: np.random.Generator, length: float) -> Vertices:
+    """Trousers / shorts: waistband, hips, two legs and the crotch."""
+    waist = _u(rng, 0.26, 0.34)
+    hip = waist * _u(rng, 1.02, 1.15)
+    hip_y = _u(rng, 0.18, 0.28)
+    crotch_y = _u(rng, 0.32, 0.42)
+    waist_dip = _u(rng, 0.0, 0.04)
+    v = OrderedDict()
+    v["left_waist"] = (-waist, 0.0)
+    v["center_waist"] = (0.0, waist_dip)
+    v["right_waist"] = (waist, 0.0)
+    v["right_hip"] = (hip, hip_y)
+    legs = {}
+    for side in (1, -1):
+        spread = math.radians(_u(rng, -2, 10))  # leg opening angle from vertical
+        leg_w = _u(rng, 0.17, 0.24) if length > 0.8 else _u(rng, 0.22, 0.30)
+        out_top = np.array([side * hip, hip_y])
+        out_bottom = out_top + (length - hip_y) * np.array([side * math.sin(spread), 1.0])
+        in_bottom = out_bottom - np.array([side * leg_w, 0.0])
+        legs[side] = (tuple(out_bottom), tuple(in_bottom))
+    v["right_hem_outer"], v["right_hem_inner"] = legs[1]
+    v["crotch"] = (0.0, crotch_y)
+    v["left_hem_inner"] = legs[-1][1]
+    v["left_hem_outer"] = legs[-1][0]
+    v["left_hip"] = (-hip, hip_y)
+    return v
+
+
+def trousers(rng: np.random.Generator) -> Vertices:
+    return _legwear(rng, length=_u(rng, 1.35, 1.7))
+
+
+def shorts(rng: np.random.Generator) -> Vertices:
+    return _legwear(rng, length=_u(rng, 0.55, 0.75))
+
+
+def skirt(rng: np.random.Generator) -> Vertices:
+    """Skirt: waistband, hips and a flared hem."""
+    waist = _u(rng, 0.24, 0.32)
+    hip = waist * _u(rng, 1.05, 1.25)
+    hip_y = _u(rng, 0.15, 0.25)
+    length = _u(rng, 0.55, 1.0)
+    hem = hip * _u(rng, 1.05, 1.6)
+    v = OrderedDict()
+    v["left_waist"] = (-waist, 0.0)
+    v["center_waist"] = (0.0, _u(rng, 0.0, 0.03))
+    v["right_waist"] = (waist, 0.0)
+    v["right_hip"] = (hip, hip_y)
+    v["right_hem"] = (hem, length)
+    v["center_hem"] = (0.0, length * _u(rng, 1.0, 1.05))
+    v["left_hem"] = (-hem, length)
+    v["left_hip"] = (-hip, hip_y)
+    return v
+
+
+SHAPE_BUILDERS: Dict[str, Callable[[np.random.Generator], Vertices]] = {
+    "short_sleeve_top": short_sleeve_top,
+    "long_sleeve_top": long_sleeve_top,
+    "short_sleeve_dress": short_sleeve_dress,
+    "long_sleeve_dress": long_sleeve_dress,
+    "trousers": trousers,
+    "shorts": shorts,
+    "skirt": skirt,
+}
+
+
+@dataclass(frozen=True)
+class KeypointLayout:
+    """How shapes become dataset classes and global keypoint slots.
+
+    Attributes:
+        name: layout id (enters the cache hash).
+        thing_classes: C class names, contiguous order.
+        class_shapes: per class, the shape names drawn for it (picked uniformly).
+        keypoint_names: K unique global slot names.
+        class_keypoint_sources: per class, ``{global slot: source}``; the source is a vertex
+            name or a tuple of vertex names (their mean), valid for every shape of the class.
+        evaluator_type: "deepfashion2" (COCO box + keypoint AP) or "fld" (box AP + NE/PDL).
+        fld_format: annotations also carry ``fld_visibility`` and ``variation_type``.
+    """
+
+    name: str
+    thing_classes: Tuple[str, ...]
+    class_shapes: Tuple[Tuple[str, ...], ...]
+    keypoint_names: Tuple[str, ...]
+    class_keypoint_sources: Tuple[Dict[int, KeypointSource], ...]
+    evaluator_type: str
+    fld_format: bool = False
+
+    @property
+    def num_keypoints(self) -> int:
+        return len(self.keypoint_names)
+
+    @property
+    def class_keypoint_slots(self) -> List[List[int]]:
+        return [sorted(sources) for sources in self.class_keypoint_sources]
+
+    @property
+    def flip_pairs(self) -> List[Tuple[str, str]]:
+        """(left name, right name) pairs, matched by swapping the ``left``/``right`` word."""
+        index = {n: i for i, n in enumerate(self.keypoint_names)}
+        pairs = []
+        for name in self.keypoint_names:
+            if "left_" in name:
+                partner = name.replace("left_", "right_")
+                assert partner in index, f"{self.name}: {name} has no mirror {partner}"
+                pairs.append((name, partner))
+        return pairs
+
+    @property
+    def flip_indices(self) -> List[int]:
+        """Global flip permutation (slot -> mirrored slot)."""
+        index = {n: i for i, n in enumerate(self.keypoint_names)}
+        perm = list(range(self.num_keypoints))
+        for a, b in self.flip_pairs:
+            perm[index[a]], perm[index[b]] = index[b], index[a]
+        return perm
+
+    def metadata(self, oks_sigma: float) -> dict:
+        """MetadataCatalog fields of the shared contract (TEAM.md)."""
+        return dict(
+            thing_classes=list(self.thing_classes),
+            keypoint_names=list(self.keypoint_names),
+            keypoint_flip_map=[tuple(p) for p in self.flip_pairs],
+            class_keypoint_slots=self.class_keypoint_slots,
+            keypoint_oks_sigmas=[float(oks_sigma)] * self.num_keypoints,
+            evaluator_type=self.evaluator_type,
+        )
+
+
+def _df2_like_layout() -> KeypointLayout:
+    """One class per shape; the class's keypoints are all of its outline vertices, in order."""
+    classes = ("short_sleeve_top", "trousers", "skirt", "long_sleeve_dress")
+    probe = np.random.default_rng(0)
+    names: List[str] = []
+    sources: List[Dict[int, KeypointSource]] = []
+    for cls in classes:
+        block = {}
+        for vertex in SHAPE_BUILDERS[cls](probe):
+            block[len(names)] = vertex
+            names.append(f"{cls}_{vertex}")
+        sources.append(block)
+    return KeypointLayout(
+        name="df2_like_v1",
+        thing_classes=classes,
+        class_shapes=tuple((c,) for c in classes),
+        keypoint_names=tuple(names),
+        class_keypoint_sources=tuple(sources),
+        evaluator_type="deepfashion2",
+    )
+
+
+FLD_KEYPOINT_NAMES = (
+    "left_collar",
+    "right_collar",
+    "left_sleeve",
+    "right_sleeve",
+    "left_waistline",
+    "right_waistline",
+    "left_hem",
+    "right_hem",
+)
+
+
+def _fld_layout() -> KeypointLayout:
+    """FLD: Upper {0,1,2,3,6,7}, Lower {4,5,6,7}, Whole all 8 (DATASETS.md §2.3)."""
+    collar = {0: "left_collar", 1: "right_collar"}
+    sleeve = {
+        2: ("left_sleeve_outer", "left_sleeve_inner"),
+        3: ("right_sleeve_outer", "right_sleeve_inner"),
+    }
+    upper = {**collar, **sleeve, 6: "left_hem", 7: "right_hem"}
+    # Lower: trousers, shorts and skirts share one recipe; trouser "hem" = middle of the leg opening.
+    # Skirts have no *_hem_outer/inner vertices: the generator resolves "left_hem" as a fallback.
+    lower = {
+        4: "left_waist",
+        5: "right_waist",
+        6: ("left_hem_outer", "left_hem_inner"),
+        7: ("right_hem_outer", "right_hem_inner"),
+    }
+    whole = {**collar, **sleeve, 4: "left_waist", 5: "right_waist", 6: "left_hem", 7: "right_hem"}
+    return KeypointLayout(
+        name="fld_v1",
+        thing_classes=("Upper", "Lower", "Whole"),  # KGDet's DeepFashionDataset order (§2.7)
+        class_shapes=(
+            ("short_sleeve_top", "long_sleeve_top"),
+            ("trousers", "shorts", "skirt"),
+            ("short_sleeve_dress", "long_sleeve_dress"),
+        ),
+        keypoint_names=FLD_KEYPOINT_NAMES,
+        class_keypoint_sources=(upper, lower, whole),
+        evaluator_type="fld",
+        fld_format=True,
+    )
+
+
+DF2_LIKE_LAYOUT = _df2_like_layout()
+FLD_LAYOUT = _fld_layout()
+LAYOUTS: Dict[str, KeypointLayout] = {"df2_like": DF2_LIKE_LAYOUT, "fld": FLD_LAYOUT}
+
+
+def get_layout(layout: Union[str, KeypointLayout]) -> KeypointLayout:
+    if isinstance(layout, KeypointLayout):
+        return layout
+    if layout not in LAYOUTS:
+        raise KeyError(f"unknown synthetic layout {layout!r}; expected one of {sorted(LAYOUTS)}")
+    return LAYOUTS[layout]
+
+
+def resolve_keypoint(vertices: Vertices, source: KeypointSource) -> Tuple[float, float]:
+    """Position of a keypoint source on an outline (mean of the named vertices)."""
+    names: Sequence[str] = (source,) if isinstance(source, str) else source
+    if not all(n in vertices for n in names):
+        # Skirt-style lower garments: the leg-opening pair collapses to the hem corner.
+        fallback = names[0].replace("_outer", "").replace("_inner", "")
+        if fallback not in vertices:
+            raise KeyError(f"keypoint source {source!r} not in outline {list(vertices)}")
+        names = (fallback,)
+    pts = np.array([vertices[n] for n in names], dtype=np.float64)
+    return tuple(pts.mean(axis=0))

@@ -1,0 +1,63 @@
+"""``build_kgdet_evaluator``: the evaluator of a dataset, chosen by its metadata."""
+import logging
+import os
+from typing import Optional
+
+from detectron2.config import CfgNode
+from detectron2.data import MetadataCatalog
+from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators
+
+from .deepfashion2_evaluation import DeepFashion2Evaluator
+from .fld_evaluation import FLDEvaluator
+
+__all__ = ["build_kgdet_evaluator"]
+
+logger = logging.getLogger(__name__)
+
+
+def build_kgdet_evaluator(
+    cfg: CfgNode, dataset_name: str, output_dir: Optional[str] = None
+) -> DatasetEvaluator:
+    """Evaluator for ``dataset_name`` by ``metadata.evaluator_type``:
+
+    - "deepfashion2" (DeepFashion2 and the DF2-like synthetic set) or "coco" (a DF2-style json
+      registered with ``register_coco_instances``): :class:`DeepFashion2Evaluator`, box AP and
+      (when the dataset has keypoints) keypoint AP with the metadata's OKS sigmas, GT variant
+      ``TEST.KEYPOINT_GT_VARIANT``, pycocotools when ``TEST.OFFICIAL_COCO_EVAL``, official
+      submission files when ``TEST.WRITE_SUBMISSION``;
+    - "fld" (FLD and the FLD-layout synthetic set): box AP plus :class:`FLDEvaluator` (NE/PDL).
+
+    ``output_dir`` defaults to ``cfg.OUTPUT_DIR/inference/<dataset_name>``. Box AP uses COCO's
+    maxDets 1/10/100 (the official protocol), whatever ``TEST.DETECTIONS_PER_IMAGE`` is.
+    """
+    meta = MetadataCatalog.get(dataset_name)
+    evaluator_type = meta.get("evaluator_type", None)
+    if output_dir is None:
+        output_dir = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+    use_fast_impl = not cfg.TEST.OFFICIAL_COCO_EVAL
+    if evaluator_type in ("deepfashion2", "coco"):
+        has_keypoints = bool(meta.get("keypoint_names", None))
+        return DeepFashion2Evaluator(
+            dataset_name,
+            tasks=("bbox", "keypoints") if has_keypoints else ("bbox",),
+            output_dir=output_dir,
+            use_fast_impl=use_fast_impl,
+            keypoint_gt_variant=cfg.TEST.KEYPOINT_GT_VARIANT,
+            write_submission=cfg.TEST.WRITE_SUBMISSION,
+        )
+    if evaluator_type == "fld":
+        return DatasetEvaluators(
+            [
+                DeepFashion2Evaluator(
+                    dataset_name,
+                    tasks=("bbox",),
+                    output_dir=output_dir,
+                    use_fast_impl=use_fast_impl,
+                ),
+                FLDEvaluator(dataset_name, output_dir=output_dir),
+            ]
+        )
+    raise ValueError(
+        f"No KGDet evaluator for dataset '{dataset_name}': metadata evaluator_type is "
+        f"{evaluator_type!r}, expected 'deepfashion2', 'coco' or 'fld'."
+    )

@@ -1,0 +1,285 @@
+"""DeepFashion2 box and keypoint AP through Detectron2's ``COCOEvaluator`` (DATASETS.md §1.8).
+
+The official DeepFashion2 protocol is stock COCO evaluation (pycocotools) with 294 per-landmark
+OKS sigmas. ``DeepFashion2Evaluator`` keeps Detectron2's ``COCOEvaluator`` (result export,
+gathering, per-category AP, NaN for zero detections) and changes only what the protocol needs:
+
+- the OKS sigmas come from the dataset metadata ``keypoint_oks_sigmas`` (never from the user);
+  a keypoint dataset without them is an error, not a silent fall-back to COCO's 17 person sigmas;
+- keypoint results are evaluated **without** their ``bbox`` field, like an official submission
+  (and the official KGDet writer): pycocotools then takes a detection's area from the extent of
+  its keypoints. Detectron2 keeps the box, which only moves which unmatched detections are
+  ignored in the medium/large buckets (AP_M/AP_L); AP, AP50, AP75 are identical either way.
+  ``official_keypoint_area=False`` restores Detectron2's behaviour;
+- keypoint ground-truth variant: ``"vis_occ"`` (visible and occluded landmarks count, v > 0: the
+  official converter's semantics) or ``"vis"`` (occluded landmarks demoted to unlabelled and
+  ``num_keypoints`` recomputed). The variant is part of the result key
+  (``keypoints_vis_occ`` / ``keypoints_vis``) so it is stated with every figure;
+- pycocotools is used unless ``use_fast_impl=True`` (``TEST.OFFICIAL_COCO_EVAL``); box maxDets
+  stay COCO's 1/10/100 and keypoint maxDets 20, as the official evaluation;
+- datasets registered as dicts (no ``json_file``) are converted to COCO json in ``output_dir``
+  with ``area`` = box area (DeepFashion2's definition: the OKS scale and the size bucket), and
+  without mutating the registered dicts;
+- a dataset without annotations (``deepfashion2_test``) is not evaluated; with
+  ``write_submission=True`` the official bbox and keypoint result files are written
+  (:mod:`kgdet.evaluation.submission`);
+- predictions are checked to carry K keypoints (K = ``len(keypoint_names)``), and the model's
+  ``pred_keypoints`` are not modified (Detectron2's export subtracts 0.5 in place otherwise).
+"""
+import copy
+import itertools
+import logging
+import os
+import uuid
+from typing import Optional, Sequence
+
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets.coco import convert_to_coco_dict
+from detectron2.evaluation import COCOEvaluator
+from detectron2.evaluation import coco_evaluation as d2_coco_evaluation
+
+from .file_io import write_json_atomic
+from .submission import write_deepfashion2_submission
+
+__all__ = [
+    "KEYPOINT_GT_VARIANTS",
+    "DeepFashion2Evaluator",
+    "convert_dataset_dicts_to_coco_json",
+    "keypoint_gt_variant_api",
+]
+
+logger = logging.getLogger(__name__)
+
+KEYPOINT_GT_VARIANTS = ("vis_occ", "vis")
+
+
+def convert_dataset_dicts_to_coco_json(dataset_name: str, output_path: str) -> str:
+    """COCO json of a dict-registered dataset with ``area`` = box area (DATASETS.md §1.5).
+
+    Uses Detectron2's ``convert_to_coco_dict`` on a deep copy of the dicts with the
+    segmentation removed (so it takes the box area instead of the polygon area, and so its
+    in-place -0.5 on keypoints never reaches the registered dicts).
+    """
+    dicts = copy.deepcopy(DatasetCatalog.get(dataset_name))
+    for record in dicts:
+        for anno in record.get("annotations", []):
+            anno.pop("segmentation", None)
+    meta = MetadataCatalog.get(dataset_name)
+    tmp_name = f"__kgdet_coco_conversion_{uuid.uuid4().hex}"
+    DatasetCatalog.register(tmp_name, lambda: dicts)
+    tmp_meta = {"thing_classes": list(meta.thing_classes)}
+    if hasattr(meta, "thing_dataset_id_to_contiguous_id"):
+        tmp_meta["thing_dataset_id_to_contiguous_id"] = meta.thing_dataset_id_to_contiguous_id
+    MetadataCatalog.get(tmp_name).set(**tmp_meta)
+    try:
+        coco_dict = convert_to_coco_dict(tmp_name)
+    finally:
+        DatasetCatalog.remove(tmp_name)
+        MetadataCatalog.remove(tmp_name)
+    write_json_atomic(output_path, coco_dict)
+    logger.info(f"Converted '{dataset_name}' to COCO json (box areas) at {output_path}")
+    return output_path
+
+
+def keypoint_gt_variant_api(coco_api: COCO, variant: str) -> COCO:
+    """The keypoint GT for ``variant``: "vis_occ" = unchanged; "vis" = occluded (v=1) points
+    demoted to unlabelled (v=0, x=y=0) and ``num_keypoints`` = #(v == 2). An annotation left
+    with no labelled point becomes an ignored GT for keypoint AP, as in pycocotools."""
+    if variant not in KEYPOINT_GT_VARIANTS:
+        raise ValueError(
+            f"TEST.KEYPOINT_GT_VARIANT must be one of {KEYPOINT_GT_VARIANTS}, got '{variant}'."
+        )
+    if variant == "vis_occ":
+        return coco_api
+    dataset = copy.deepcopy(coco_api.dataset)
+    for anno in dataset.get("annotations", []):
+        kps = anno.get("keypoints")
+        if not kps:
+            continue
+        for i in range(2, len(kps), 3):
+            if kps[i] != 2:
+                kps[i - 2] = kps[i - 1] = kps[i] = 0
+        anno["num_keypoints"] = sum(1 for v in kps[2::3] if v > 0)
+    api = COCO()
+    api.dataset = dataset
+    api.createIndex()
+    return api
+
+
+class DeepFashion2Evaluator(COCOEvaluator):
+    """COCO box (+ keypoint) AP with the DeepFashion2 protocol; see the module docstring.
+
+    With ``tasks=("bbox",)`` it is the box-AP evaluator of any garment dataset (FLD uses it).
+    """
+
+    def __init__(
+        self,
+        dataset_name: str,
+        tasks: Sequence[str] = ("bbox", "keypoints"),
+        distributed: bool = True,
+        output_dir: Optional[str] = None,
+        *,
+        max_dets_per_image: Optional[int] = None,
+        use_fast_impl: bool = False,
+        keypoint_gt_variant: str = "vis_occ",
+        official_keypoint_area: bool = True,
+        write_submission: bool = False,
+    ):
+        tasks = tuple(tasks)
+        unknown = set(tasks) - {"bbox", "keypoints"}
+        if unknown:
+            raise ValueError(f"DeepFashion2Evaluator: unsupported tasks {sorted(unknown)}.")
+        if keypoint_gt_variant not in KEYPOINT_GT_VARIANTS:
+            raise ValueError(
+                f"TEST.KEYPOINT_GT_VARIANT must be one of {KEYPOINT_GT_VARIANTS}, "
+                f"got '{keypoint_gt_variant}'."
+            )
+        meta = MetadataCatalog.get(dataset_name)
+        self._num_keypoints = len(meta.get("keypoint_names", []) or [])
+        sigmas = ()
+        if "keypoints" in tasks:
+            sigmas = tuple(float(s) for s in (meta.get("keypoint_oks_sigmas", None) or ()))
+            if not sigmas:
+                raise ValueError(
+                    f"Dataset '{dataset_name}' has no 'keypoint_oks_sigmas' in its metadata: "
+                    "keypoint AP needs the dataset's OKS sigmas (DeepFashion2: the 294 official "
+                    "values). Register it with kgdet.data.register_deepfashion2_instances, or "
+                    "evaluate boxes only."
+                )
+            if len(sigmas) != self._num_keypoints:
+                raise ValueError(
+                    f"Dataset '{dataset_name}': {len(sigmas)} keypoint_oks_sigmas but "
+                    f"{self._num_keypoints} keypoint_names; they must agree."
+                )
+        if not hasattr(meta, "json_file"):
+            if output_dir is None:
+                raise ValueError(
+                    f"Dataset '{dataset_name}' has no json_file: DeepFashion2Evaluator needs "
+                    "an output_dir to write its COCO-format conversion."
+                )
+            json_path = os.path.join(output_dir, f"{dataset_name}_coco_format.json")
+            convert_dataset_dicts_to_coco_json(dataset_name, json_path)
+            meta.json_file = json_path  # as COCOEvaluator itself does for converted datasets
+        super().__init__(
+            dataset_name,
+            tasks=tasks,
+            distributed=distributed,
+            output_dir=output_dir,
+            max_dets_per_image=max_dets_per_image,
+            use_fast_impl=use_fast_impl,
+            kpt_oks_sigmas=sigmas,
+            allow_cached_coco=False,
+        )
+        self._dataset_name = dataset_name
+        self._keypoint_gt_variant = keypoint_gt_variant
+        self._official_keypoint_area = official_keypoint_area
+        self._write_submission = write_submission
+        if not self._coco_api.dataset.get("annotations"):
+            self._do_evaluation = False
+        if self._do_evaluation:
+            self._kpt_oks_sigmas = sigmas
+            self._keypoint_coco_api = keypoint_gt_variant_api(self._coco_api, keypoint_gt_variant)
+
+    @property
+    def keypoint_result_key(self) -> str:
+        """Result key of keypoint AP, naming the GT variant (e.g. ``keypoints_vis_occ``)."""
+        return f"keypoints_{self._keypoint_gt_variant}"
+
+    def process(self, inputs, outputs):
+        safe_outputs = []
+        for inp, out in zip(inputs, outputs):
+            if "instances" in out and out["instances"].has("pred_keypoints"):
+                inst = out["instances"]
+                kps = inst.pred_keypoints
+                if self._num_keypoints and (kps.dim() != 3 or kps.shape[1] != self._num_keypoints):
+                    raise ValueError(
+                        f"DeepFashion2Evaluator: image_id {inp.get('image_id')}: pred_keypoints "
+                        f"has shape {tuple(kps.shape)}, expected (N, {self._num_keypoints}, 3) "
+                        f"for dataset '{self._dataset_name}'."
+                    )
+                inst = copy.copy(inst)  # shallow: share every field but the cloned keypoints
+                inst._fields = dict(inst._fields)
+                inst.pred_keypoints = kps.detach().clone()
+                out = {**out, "instances": inst}
+            safe_outputs.append(out)
+        super().process(inputs, safe_outputs)
+
+    def _eval_predictions(self, predictions, img_ids=None):
+        """Like ``COCOEvaluator._eval_predictions``, plus the DeepFashion2 specifics above."""
+        coco_results = list(itertools.chain(*[x["instances"] for x in predictions]))
+        tasks = self._tasks or self._tasks_from_predictions(coco_results)
+
+        if hasattr(self._metadata, "thing_dataset_id_to_contiguous_id"):
+            mapping = self._metadata.thing_dataset_id_to_contiguous_id
+            reverse = {v: k for k, v in mapping.items()}
+            for result in coco_results:
+                if result["category_id"] not in reverse:
+                    raise ValueError(
+                        f"A prediction has class {result['category_id']}, but dataset "
+                        f"'{self._dataset_name}' has classes 0..{len(reverse) - 1}."
+                    )
+                result["category_id"] = reverse[result["category_id"]]
+
+        if self._output_dir:
+            path = os.path.join(self._output_dir, "coco_instances_results.json")
+            self._logger.info(f"Saving results to {path}")
+            write_json_atomic(path, coco_results)
+        if self._write_submission:
+            if not self._output_dir:
+                raise ValueError("TEST.WRITE_SUBMISSION needs an output directory.")
+            write_deepfashion2_submission(coco_results, self._output_dir)
+
+        if not self._do_evaluation:
+            self._logger.info(
+                f"'{self._dataset_name}' has no annotations: results written, nothing evaluated."
+            )
+            return
+
+        self._logger.info(
+            "Evaluating predictions with {} COCO API...".format(
+                "unofficial" if self._use_fast_impl else "official"
+            )
+        )
+        cocoeval_fn = d2_coco_evaluation.COCOeval_opt if self._use_fast_impl else COCOeval
+        for task in sorted(tasks):
+            task_results = [self._result_view(r, task) for r in coco_results]
+            if task == "keypoints":
+                coco_api = self._keypoint_coco_api
+                self._logger.info(
+                    f"Keypoint AP: ground-truth variant '{self._keypoint_gt_variant}' "
+                    f"({'visible and occluded' if self._keypoint_gt_variant == 'vis_occ' else 'visible only'}"
+                    f" landmarks), {len(self._kpt_oks_sigmas)} OKS sigmas from the metadata, "
+                    f"detection area from {'keypoints (official)' if self._official_keypoint_area else 'boxes (Detectron2)'}."
+                )
+            else:
+                coco_api = self._coco_api
+            coco_eval = (
+                d2_coco_evaluation._evaluate_predictions_on_coco(
+                    coco_api,
+                    task_results,
+                    task,
+                    kpt_oks_sigmas=self._kpt_oks_sigmas,
+                    cocoeval_fn=cocoeval_fn,
+                    img_ids=img_ids,
+                    max_dets_per_image=self._max_dets_per_image,
+                )
+                if task_results
+                else None  # cocoapi does not handle empty results; NaN below
+            )
+            res = self._derive_coco_results(
+                coco_eval, task, class_names=self._metadata.get("thing_classes")
+            )
+            self._results[self.keypoint_result_key if task == "keypoints" else task] = res
+
+    def _result_view(self, result: dict, task: str) -> dict:
+        """A fresh per-task copy (pycocotools' loadRes adds fields to the dicts it gets)."""
+        view = {k: result[k] for k in ("image_id", "category_id", "score")}
+        if task == "bbox" or not self._official_keypoint_area:
+            view["bbox"] = result["bbox"]
+        if task == "keypoints":
+            view["keypoints"] = result["keypoints"]
+        return view
+

@@ -1,0 +1,119 @@
+#!/usr/bin/env python
+"""Micro-benchmark of KGDeformConv's implementations at KGDet's P5 shape.
+
+Times every ``impl`` (and a dense conv of the same shape as the floor) for 3x3 / 5x5 / 7x7
+kernels on a (1, 256, 25, 42) map (P5 of an 800x1333 input), round-robin so that load changes
+on a shared machine hit every implementation alike. Prints median and min in ms; ``--json``
+writes the numbers.
+
+    python tools/benchmark_deform.py [--threads 2] [--runs 10] [--backward] [--json OUT]
+"""
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from typing import Callable, Dict, List
+import torch
+import torch.nn.functional as F
+from torchvision.ops import deform_conv2d
+
+from kgdet.modeling.deform_conv import deform_conv2d_gather, deform_conv2d_grid_sample
+
+
+def _round_robin(fns: Dict[str, Callable[[], object]], runs: int) -> Dict[str, List[float]]:
+    for fn in fns.values():  # warm-up
+        fn()
+    times: Dict[str, List[float]] = {name: [] for name in fns}
+    for _ in range(runs):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def _median(values: List[float]) -> float:
+    values = sorted(values)
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else 0.5 * (values[mid - 1] + values[mid])
+
+
+def _impls(padding: int) -> Dict[str, Callable]:
+    return {
+        "dense_conv": lambda x, off, w: F.conv2d(x, w, padding=padding),
+        "torchvision": lambda x, off, w: deform_conv2d(x, off, w, padding=(padding, padding)),
+        "grid_sample": lambda x, off, w: deform_conv2d_grid_sample(x, off, w, padding),
+        "gather": lambda x, off, w: deform_conv2d_gather(x, off, w, padding),
+    }
+
+
+def benchmark(
+    kernel_sizes=(3, 5, 7),
+    channels: int = 256,
+    height: int = 25,
+    width: int = 42,
+    runs: int = 10,
+    backward: bool = False,
+) -> Dict[str, Dict[str, Dict[str, float]]]:
+    """Returns {"k3": {impl: {"median_ms", "min_ms"}}, ...}."""
+    results = {}
+    for k in kernel_sizes:
+        torch.manual_seed(0)
+        x = torch.randn(1, channels, height, width, requires_grad=backward)
+        offset = (torch.randn(1, 2 * k * k, height, width) * 2).requires_grad_(backward)
+        weight = (torch.randn(channels, channels, k, k) * 0.01).requires_grad_(backward)
+
+        def make(fn):
+            if not backward:
+                return lambda: fn(x, offset, weight)
+            return lambda: fn(x, offset, weight).sum().backward()
+
+        with torch.set_grad_enabled(backward):
+            times = _round_robin({name: make(fn) for name, fn in _impls(k // 2).items()}, runs)
+        results[f"k{k}"] = {
+            name: {"median_ms": round(_median(t), 2), "min_ms": round(min(t), 2)}
+            for name, t in times.items()
+        }
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--backward", action="store_true", help="time forward + backward")
+    parser.add_argument("--json", default="", help="write the results to this json file")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    results = benchmark(runs=args.runs, backward=args.backward)
+    names = list(next(iter(results.values())).keys())
+    mode = "forward+backward" if args.backward else "forward (no grad)"
+    print(f"KGDeformConv at (1, 256, 25, 42), {mode}, {args.threads} threads: median / min ms")
+    print(f"{'kernel':<8}" + "".join(f"{n:>20}" for n in names))
+    for key, row in results.items():
+        cells = "".join(f"{row[n]['median_ms']:>12.1f} / {row[n]['min_ms']:<5.1f}" for n in names)
+        print(f"{key:<8}" + cells)
+    if args.json:
+        payload = {
+            "shape": [1, 256, 25, 42],
+            "mode": mode,
+            "threads": args.threads,
+            "runs": args.runs,
+            "load_average": os.getloadavg(),
+            "cpu": platform.processor() or platform.machine(),
+            "torch": torch.__version__,
+            "results": results,
+        }
+        directory = os.path.dirname(os.path.abspath(args.json))
+        os.makedirs(directory, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp") as f:
+            json.dump(payload, f, indent=2)
+        os.replace(f.name, args.json)
+
+
+if __name__ == "__main__":
+    main()
