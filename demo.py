@@ -15,16 +15,16 @@ continuous image coordinates of the original image. Images that cannot be read a
 counted warning; the others are still written. Config overrides may follow the arguments
 (``KEY VALUE`` pairs) or ``--opts``.
 """
+
 import argparse
 import glob
 import logging
+import numpy as np
 import os
 import re
 import sys
 from typing import Dict, List, Sequence, Tuple
-
 import cv2
-import numpy as np
 import tqdm
 
 from detectron2.config import get_cfg

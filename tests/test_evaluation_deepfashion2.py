@@ -6,16 +6,16 @@ classes, false positives) go through the evaluator ``train_net.Trainer.build_eva
 Box AP and keypoint AP must equal stock pycocotools ``COCOeval`` with the official 294 sigmas on
 the same predictions written in the official submission format (DATASETS.md §1.8).
 """
+
 import contextlib
 import copy
 import importlib.util
 import io
 import json
 import logging
+import numpy as np
 import uuid
 from pathlib import Path
-
-import numpy as np
 import pytest
 import torch
 from pycocotools.coco import COCO
@@ -107,7 +107,9 @@ def _instances(records, slots, perturb: bool, seed: int = 0):
                 boxes.append(np.array([x, y, x + w * 0.3, y + h * 0.3]))
                 classes.append(int(rng.integers(0, 13)))
                 kp = np.zeros((294, 3))
-                kp[:, 0], kp[:, 1] = rng.uniform(x, x + w * 0.3, 294), rng.uniform(y, y + h * 0.3, 294)
+                kp[:, 0], kp[:, 1] = rng.uniform(x, x + w * 0.3, 294), rng.uniform(
+                    y, y + h * 0.3, 294
+                )
                 kp[slots[classes[-1]], 2] = 1.0
                 kps.append(kp)
                 scores.append(rng.uniform(0.05, 0.9))
@@ -298,7 +300,10 @@ def test_dict_dataset_without_json_file(demo_dataset, tmp_path):
         assert res["bbox"]["AP"] == pytest.approx(100.0)
         assert res["keypoints_vis_occ"]["AP"] == pytest.approx(100.0)
         assert cached == snapshot
-        converted = json.loads((tmp_path / "inference" / name / f"{name}_coco_format.json").read_text())
+        assert not hasattr(MetadataCatalog.get(name), "json_file")  # no stale global state
+        converted = json.loads(
+            (tmp_path / "inference" / name / f"{name}_coco_format.json").read_text()
+        )
         anno = converted["annotations"][0]
         assert anno["area"] == pytest.approx(anno["bbox"][2] * anno["bbox"][3])
     finally:

@@ -1,10 +1,10 @@
 """FLDEvaluator NE / PDL against hand-computed values (DATASETS.md §2.8), both input kinds."""
+
 import copy
 import json
+import numpy as np
 import uuid
 from pathlib import Path
-
-import numpy as np
 import pytest
 import torch
 
@@ -24,7 +24,8 @@ FLD_TO_COCO_V = {0: 2, 1: 1, 2: 0, -1: 0}
 # Visible-only NE_k: s0 (.1+0)/2=.05, s1 (.1+.05)/2=.075, s2 .1, s3 (.05+.2)/2=.125,
 #   s4 (.2+0)/2=.1, s5 .05, s6 (0+.1+.05)/3=.05, s7 .15  -> NE = .7/8
 NE_K_VISIBLE = [0.05, 0.075, 0.1, 0.125, 0.1, 0.05, 0.05, 0.15]
-# PDL@15 (224*e <= 15, i.e. e <= .067): s0 1/2, s1 1/2, s2 0/1, s3 1/2, s4 1/2, s5 1/1, s6 2/3, s7 0/1
+# PDL@15 (224*e <= 15, i.e. e <= .067):
+#   s0 1/2, s1 1/2, s2 0/1, s3 1/2, s4 1/2, s5 1/1, s6 2/3, s7 0/1
 PDL15_K_VISIBLE = [50.0, 50.0, 0.0, 50.0, 50.0, 100.0, 200.0 / 3, 0.0]
 # PDL@5 (e <= .0223): only the zero errors: s0 1/2, s4 1/2, s6 1/3
 PDL5_K_VISIBLE = [50.0, 0.0, 0.0, 0.0, 50.0, 0.0, 100.0 / 3, 0.0]
@@ -83,9 +84,7 @@ def _evaluate_aligned(name, doc, **kwargs):
     for r in doc["records"]:
         pred = torch.as_tensor(_prediction(r))[None]
         stages = [torch.as_tensor(_prediction(r, exact=True))[None], pred.clone()]
-        ev.process(
-            _inputs(r), [{"aligned_keypoints": pred, "aligned_keypoints_per_stage": stages}]
-        )
+        ev.process(_inputs(r), [{"aligned_keypoints": pred, "aligned_keypoints_per_stage": stages}])
     return ev.evaluate()
 
 
@@ -114,9 +113,7 @@ def test_aligned_outputs_match_hand_computed(fld_dataset, tmp_path):
     assert fld["variation=medium_pose/NE"] == pytest.approx(0.35 / 3)
     # Pixel PDL at 40 px: visible pixel errors A 20,10,10,0 | B 20,10,20 | C 0,11.2,22.4,44.8,0,
     # 11.2,33.6 -> only C's s3 (44.8 px) fails: slot s3 50 %, all others 100 %.
-    assert fld["PDL_px@40"] == pytest.approx(
-        np.mean([100, 100, 100, 50, 100, 100, 100, 100])
-    )
+    assert fld["PDL_px@40"] == pytest.approx(np.mean([100, 100, 100, 50, 100, 100, 100, 100]))
     # Per stage: stage 1 was exact, stage 2 = final.
     assert res["fld_s1"]["NE"] == pytest.approx(0.0) and res["fld_s1"]["PDL@5"] == 100.0
     assert res["fld_s2"]["NE"] == pytest.approx(fld["NE"])
@@ -209,3 +206,34 @@ def test_bad_inputs(fld_dataset):
     finally:
         DatasetCatalog.remove(bad_name)
         MetadataCatalog.remove(bad_name)
+
+
+def test_build_kgdet_evaluator_for_fld(fld_dataset, tmp_path):
+    """ "fld" datasets get box AP + FLDEvaluator; the box evaluator runs first and must not shift
+    the keypoints the FLD evaluator reads (Detectron2's export subtracts 0.5 in place)."""
+    from detectron2.config import get_cfg
+
+    import kgdet
+    from kgdet.evaluation import build_kgdet_evaluator
+
+    name, doc = fld_dataset
+    cfg = get_cfg()
+    kgdet.add_kgdet_config(cfg)
+    cfg.OUTPUT_DIR = str(tmp_path)
+    evaluator = build_kgdet_evaluator(cfg, name)  # dict dataset: COCO json written to output
+    evaluator.reset()
+    for r in doc["records"]:
+        x, y, w, h = r["bbox"]
+        pred = np.zeros((1, 8, 3))
+        pred[0, :, :2] = _prediction(r)
+        inst = Instances(
+            (r["height"], r["width"]),
+            pred_boxes=Boxes(torch.tensor([[x, y, x + w, y + h]], dtype=torch.float32)),
+            scores=torch.tensor([0.9]),
+            pred_classes=torch.tensor([r["category_id"]]),
+            pred_keypoints=torch.tensor(pred, dtype=torch.float32),
+        )
+        evaluator.process(_inputs(r), [{"instances": inst}])
+    res = evaluator.evaluate()
+    assert res["bbox"]["AP"] == pytest.approx(100.0)
+    assert res["fld"]["NE"] == pytest.approx(0.7 / 8)

@@ -11,10 +11,12 @@ one error lists the offending names. ``OUT.pth`` is a tensor-only ``{"model": st
 (loads with ``torch.load(weights_only=True)``); ``OUT.pkl`` is Detectron2's pickle format.
 Name mapping: :mod:`kgdet.checkpoint.convert`.
 """
+
 import argparse
 import logging
 import sys
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Optional, Sequence
+import torch
 
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
@@ -60,23 +62,33 @@ def parse_args(argv: Sequence[str] = None) -> argparse.Namespace:
     return args
 
 
-def model_state_shapes(config_file: str, opts: Sequence[str] = ()) -> Tuple[Dict, object]:
-    """``{name: shape}`` of the state dict of the config's model (built on the CPU)."""
+def setup_cfg(config_file: str, opts: Sequence[str] = ()):
     cfg = get_cfg()
     kgdet.add_kgdet_config(cfg)
     cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts))
     cfg.MODEL.WEIGHTS = ""
     cfg.MODEL.DEVICE = "cpu"
-    model = build_model(cfg)
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    return shapes, cfg
+    return cfg
 
 
-def convert(input_path: str, output_path: str, config_file: str, opts=(), allow_pickle=False):
-    """Load, convert against the config's model, save; returns the converted state dict."""
+def convert(
+    input_path: str,
+    output_path: str,
+    config_file: str,
+    opts: Sequence[str] = (),
+    allow_pickle: bool = False,
+    model: Optional[torch.nn.Module] = None,
+) -> Dict[str, torch.Tensor]:
+    """Load, convert against the config's model (built on the CPU unless given), save.
+
+    Returns the converted state dict.
+    """
     official = load_official_state_dict(input_path, allow_pickle=allow_pickle)
-    target, cfg = model_state_shapes(config_file, opts)
+    cfg = setup_cfg(config_file, opts)
+    if model is None:
+        model = build_model(cfg)
+    target = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     if cfg.MODEL.KGDET.MOMENT_PARAM != "exp":
         raise OfficialCheckpointError(
             "the official moment transform is half-width = std * exp(lambda): "

@@ -2,7 +2,8 @@
 """Draw the ground truth of any registered garment dataset, as the model sees it.
 
     python tools/visualize_data.py --config-file configs/kgdet_synth.yaml --output-dir DIR \
-        [--dataset NAME] [--source dataloader|annotation] [--num-images N] [--seed S] [KEY VALUE ...]
+        [--dataset NAME] [--source dataloader|annotation] [--num-images N] [--seed S] \
+        [KEY VALUE ...]
 
 ``--source dataloader`` (default) runs each record through ``KGDetDatasetMapper`` in training
 mode, so the picture shows the augmented image (resize, random flip) with its transformed boxes
@@ -12,15 +13,15 @@ visible (v = 2), hollow rings for occluded (v = 1), nothing for unlabelled (v = 
 ``--dataset`` defaults to the first of ``DATASETS.TRAIN``. Records whose image cannot be read are
 skipped with a counted warning. Writes ``DIR/<image name>.jpg``.
 """
+
 import argparse
 import logging
+import numpy as np
 import os
 import random
 import sys
 from typing import Optional, Sequence
-
 import cv2
-import numpy as np
 import torch
 import tqdm
 

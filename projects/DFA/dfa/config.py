@@ -29,6 +29,9 @@ def add_dfa_config(cfg: CN) -> None:
     d.SMALL_CNN_CHANNELS = [32, 64, 128, 128]
     # Optional torchvision VGG-16 ImageNet state dict (a local .pth), copied into every network.
     d.PRETRAINED_VGG16 = ""
+    # Initialise each refiner (stage 2, both stage-3 branches) from the previous stage's network
+    # instead of from scratch / ImageNet (DESIGN.md §8); useful without pretrained weights.
+    d.INIT_FROM_PREVIOUS_STAGE = False
     # Dropout in the fully connected layers (VGG-16 uses 0.5).
     d.DROPOUT = 0.5
 

@@ -106,7 +106,8 @@ class _ImageCache:
         name = record["file_name"]
         if self.enabled and name in self._images:
             return self._images[name]
-        image = utils.read_image(name, format=self.image_format)
+        # read_image's BGR channel flip is a strided view: make it contiguous once, not per crop.
+        image = np.ascontiguousarray(utils.read_image(name, format=self.image_format))
         if record.get("height") is not None and record.get("width") is not None:
             utils.check_image_size(record, image)
         if self.enabled:
@@ -217,7 +218,7 @@ class DFAImageMapper:
 
     def __call__(self, dataset_dict: Dict) -> Dict:
         record = copy.copy(dataset_dict)
-        image = utils.read_image(record["file_name"], format=self.image_format)
+        image = np.ascontiguousarray(utils.read_image(record["file_name"], format=self.image_format))
         utils.check_image_size(record, image)
         boxes = []
         for annotation in record.get("annotations", []):

@@ -14,20 +14,20 @@ from torch import nn
 from torchvision.models.vgg import cfgs as vgg_cfgs
 from torchvision.models.vgg import make_layers
 
-__all__ = ["StageNetwork", "build_stage_network", "load_vgg16_imagenet"]
+__all__ = ["StageNetwork", "build_stage_network", "load_vgg16_imagenet", "warm_start_from"]
 
 logger = logging.getLogger(__name__)
 
 
 def _small_cnn(in_channels: int, channels: List[int]) -> nn.Sequential:
-    """Conv3x3-BN-ReLU-MaxPool blocks, each halving the resolution."""
+    """Conv3x3(stride 2)-BN-ReLU blocks, each halving the resolution (strided convolutions
+    rather than max-pooling: several times faster on CPU for the same output size)."""
     layers: List[nn.Module] = []
     for out_channels in channels:
         layers += [
-            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+            nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1, bias=False),
             nn.BatchNorm2d(out_channels),
             nn.ReLU(inplace=True),
-            nn.MaxPool2d(2),
         ]
         in_channels = out_channels
     return nn.Sequential(*layers)
@@ -161,3 +161,30 @@ def load_vgg16_imagenet(network: StageNetwork, state_dict: Dict[str, torch.Tenso
         network.fc6.bias.copy_(state_dict["classifier.0.bias"])
         network.fc7.weight.copy_(state_dict["classifier.3.weight"])
         network.fc7.bias.copy_(state_dict["classifier.3.bias"])
+
+
+def _copy_leading(target: torch.Tensor, source: torch.Tensor) -> None:
+    """Copy ``source`` into the leading block of ``target`` (dim 1 may be wider); zero the rest."""
+    if target.shape == source.shape:
+        target.copy_(source)
+        return
+    if target.dim() < 2 or target.shape[0] != source.shape[0] or target.shape[2:] != source.shape[2:]:
+        raise ValueError(f"cannot warm-start {tuple(target.shape)} from {tuple(source.shape)}")
+    target.zero_()
+    target[:, : source.shape[1]].copy_(source)
+
+
+def warm_start_from(network: StageNetwork, previous: StageNetwork) -> None:
+    """Initialise a refiner from the previous stage's network (MODEL.DFA.INIT_FROM_PREVIOUS_STAGE).
+
+    Trunk, fc6/fc7 and the visibility head are copied; the extra input channels (heatmaps) and
+    fc6 inputs (coordinates) get zero weights, so the refiner starts with exactly the previous
+    stage's features. The position head stays zero (offsets: the refiner starts as the
+    identity) and the pseudo-label head stays random (another clustering space).
+    """
+    source = previous.state_dict()
+    with torch.no_grad():
+        for name, value in network.state_dict().items():
+            if name.startswith(("position_head.", "label_head.")) or name not in source:
+                continue
+            _copy_leading(value, source[name])

@@ -29,7 +29,7 @@ from detectron2.solver import build_lr_scheduler
 from detectron2.solver.build import maybe_add_gradient_clipping
 
 from .data import _train_garments, build_dfa_garment_loader, build_dfa_train_loader
-from .network import load_vgg16_imagenet
+from .network import load_vgg16_imagenet, warm_start_from
 from .pseudo_labels import (
     cluster_error_magnitudes,
     cluster_space,
@@ -233,6 +233,11 @@ def prepare_stage(cfg, stage: int, garments: Optional[List[Dict]] = None):
                 f"{final_checkpoint_path(output_dir, stage - 1)} does not hold a trained "
                 f"stage {stage - 1} (checkpoint from another run?); delete it and retrain"
             )
+        if cfg.MODEL.DFA.INIT_FROM_PREVIOUS_STAGE:
+            previous = model.networks[model.stage_network_names(stage - 1)[0]]
+            for name in model.stage_network_names(stage):
+                warm_start_from(model.networks[name], previous)
+            logger.info(f"DFA stage {stage}: initialised from stage {stage - 1}")
     path = centres_path(output_dir, stage)
     if os.path.isfile(path):
         info = torch.load(path, map_location="cpu")

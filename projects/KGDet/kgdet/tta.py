@@ -21,11 +21,11 @@ mirror) and, for mirrored copies, the keypoint slots are permuted through the da
 Both fusions are symmetric in the copies, so the result on a mirrored image is the mirror of the
 result on the image (exactly so when the width needs no padding).
 """
+
 import copy
 import logging
-from typing import Dict, List, Optional, Sequence
-
 import numpy as np
+from typing import Dict, List, Optional, Sequence
 import torch
 from fvcore.transforms import HFlipTransform
 from torch import nn
@@ -208,11 +208,12 @@ class KGDetWithTTA(nn.Module):
             kps[:, :, :2] = torch.as_tensor(xy, dtype=kps.dtype, device=device)
             num_flips = sum(isinstance(t, HFlipTransform) for t in tfm.transforms)
             if num_flips % 2 == 1:
-                if self.keypoint_flip_indices is None or len(self.keypoint_flip_indices) != k:
+                flip = self.keypoint_flip_indices
+                if flip is None or len(flip) != k:
                     raise ValueError(
                         f"TTA: a mirrored copy has {k} keypoint slots but the flip map has "
-                        f"{None if self.keypoint_flip_indices is None else len(self.keypoint_flip_indices)}"
-                        " entries; set keypoint_flip_map in the training datasets' metadata."
+                        f"{0 if flip is None else len(flip)} entries; set keypoint_flip_map in "
+                        "the training datasets' metadata."
                     )
                 kps = unflip_keypoint_slots(kps, self.keypoint_flip_indices)
             out.pred_keypoints = kps

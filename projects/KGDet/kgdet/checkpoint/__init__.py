@@ -1,4 +1,5 @@
 """Import of official (mmdetection v1) KGDet checkpoints."""
+
 from .convert import (
     OfficialCheckpointError,
     convert_official_state_dict,

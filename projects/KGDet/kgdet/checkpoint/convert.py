@@ -30,13 +30,13 @@ Known model differences that conversion cannot remove (KGDET_SPEC §1, §13.5): 
 model trains BN affine parameters (ours: FrozenBN keeps the converted values), and uses the
 legacy "+1" box convention (ours: continuous coordinates) — boxes may differ by about a pixel.
 """
+
 import logging
 import os
 import pickle
 import re
 from collections import OrderedDict
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
-
 import torch
 
 from ..evaluation.file_io import write_atomic
@@ -196,7 +196,7 @@ def convert_official_state_dict(
         if target is not None and tuple(value.shape) != tuple(target[new]):
             mismatched.append(f"{name} {tuple(value.shape)} -> {new} {tuple(target[new])}")
             continue
-        converted[new] = value.detach().cpu().clone()
+        converted[new] = value.detach().cpu()
     missing = [] if target is None else [k for k in target if k not in converted]
     # A target name fed by a mismatched tensor is reported as mismatch only.
     mismatched_targets = {m.split(" -> ")[1].split(" ")[0] for m in mismatched}
@@ -268,4 +268,3 @@ def save_converted_checkpoint(state_dict: Mapping[str, torch.Tensor], path: str)
 
     write_atomic(path, _write, suffix=os.path.splitext(path)[1] or ".pth")
     logger.info(f"Saved {len(state_dict)} converted tensors to {path}")
-

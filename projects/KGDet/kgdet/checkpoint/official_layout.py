@@ -19,6 +19,7 @@ The released detector (``RepPointsDetectorKp`` in ShenhanQian/KGDet, config
 C = 13 sigmoid outputs (the config's ``num_classes=14`` counts background), K = 294, P = 83.
 Only names and shapes are described here (no code of the official implementation is used).
 """
+
 from collections import OrderedDict
 from typing import Dict, Sequence, Tuple
 

@@ -1,4 +1,5 @@
 """Evaluation: DeepFashion2 box/keypoint AP and FLD NE/PDL."""
+
 from .build import build_kgdet_evaluator
 from .deepfashion2_evaluation import (
     KEYPOINT_GT_VARIANTS,

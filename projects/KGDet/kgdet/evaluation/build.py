@@ -1,4 +1,5 @@
 """``build_kgdet_evaluator``: the evaluator of a dataset, chosen by its metadata."""
+
 import logging
 import os
 from typing import Optional

@@ -18,21 +18,22 @@ gathering, per-category AP, NaN for zero detections) and changes only what the p
 - pycocotools is used unless ``use_fast_impl=True`` (``TEST.OFFICIAL_COCO_EVAL``); box maxDets
   stay COCO's 1/10/100 and keypoint maxDets 20, as the official evaluation;
 - datasets registered as dicts (no ``json_file``) are converted to COCO json in ``output_dir``
-  with ``area`` = box area (DeepFashion2's definition: the OKS scale and the size bucket), and
-  without mutating the registered dicts;
+  with ``area`` = box area (DeepFashion2's definition: the OKS scale and the size bucket),
+  without mutating the registered dicts, and (unlike ``COCOEvaluator``) without leaving
+  ``json_file`` in the metadata, so every evaluator converts the current dicts;
 - a dataset without annotations (``deepfashion2_test``) is not evaluated; with
   ``write_submission=True`` the official bbox and keypoint result files are written
   (:mod:`kgdet.evaluation.submission`);
 - predictions are checked to carry K keypoints (K = ``len(keypoint_names)``), and the model's
   ``pred_keypoints`` are not modified (Detectron2's export subtracts 0.5 in place otherwise).
 """
+
 import copy
 import itertools
 import logging
 import os
 import uuid
 from typing import Optional, Sequence
-
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
@@ -40,6 +41,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.coco import convert_to_coco_dict
 from detectron2.evaluation import COCOEvaluator
 from detectron2.evaluation import coco_evaluation as d2_coco_evaluation
+from detectron2.structures import Instances
 
 from .file_io import write_json_atomic
 from .submission import write_deepfashion2_submission
@@ -154,7 +156,8 @@ class DeepFashion2Evaluator(COCOEvaluator):
                     f"Dataset '{dataset_name}': {len(sigmas)} keypoint_oks_sigmas but "
                     f"{self._num_keypoints} keypoint_names; they must agree."
                 )
-        if not hasattr(meta, "json_file"):
+        converted_here = not hasattr(meta, "json_file")
+        if converted_here:
             if output_dir is None:
                 raise ValueError(
                     f"Dataset '{dataset_name}' has no json_file: DeepFashion2Evaluator needs "
@@ -162,17 +165,24 @@ class DeepFashion2Evaluator(COCOEvaluator):
                 )
             json_path = os.path.join(output_dir, f"{dataset_name}_coco_format.json")
             convert_dataset_dicts_to_coco_json(dataset_name, json_path)
-            meta.json_file = json_path  # as COCOEvaluator itself does for converted datasets
-        super().__init__(
-            dataset_name,
-            tasks=tasks,
-            distributed=distributed,
-            output_dir=output_dir,
-            max_dets_per_image=max_dets_per_image,
-            use_fast_impl=use_fast_impl,
-            kpt_oks_sigmas=sigmas,
-            allow_cached_coco=False,
-        )
+            meta.json_file = json_path
+        try:
+            super().__init__(
+                dataset_name,
+                tasks=tasks,
+                distributed=distributed,
+                output_dir=output_dir,
+                max_dets_per_image=max_dets_per_image,
+                use_fast_impl=use_fast_impl,
+                kpt_oks_sigmas=sigmas,
+                allow_cached_coco=False,
+            )
+        finally:
+            if converted_here:
+                # Unlike COCOEvaluator, do not leave json_file in the global metadata: a later
+                # evaluator (another run, another output_dir) converts the current dicts again
+                # instead of reading a stale or deleted file.
+                del meta.json_file
         self._dataset_name = dataset_name
         self._keypoint_gt_variant = keypoint_gt_variant
         self._official_keypoint_area = official_keypoint_area
@@ -200,8 +210,9 @@ class DeepFashion2Evaluator(COCOEvaluator):
                         f"has shape {tuple(kps.shape)}, expected (N, {self._num_keypoints}, 3) "
                         f"for dataset '{self._dataset_name}'."
                     )
-                inst = copy.copy(inst)  # shallow: share every field but the cloned keypoints
-                inst._fields = dict(inst._fields)
+                # A new Instances sharing every field but the keypoints, which Detectron2's
+                # export shifts in place.
+                inst = Instances(inst.image_size, **inst.get_fields())
                 inst.pred_keypoints = kps.detach().clone()
                 out = {**out, "instances": inst}
             safe_outputs.append(out)
@@ -248,11 +259,13 @@ class DeepFashion2Evaluator(COCOEvaluator):
             task_results = [self._result_view(r, task) for r in coco_results]
             if task == "keypoints":
                 coco_api = self._keypoint_coco_api
+                landmarks = {"vis_occ": "visible and occluded", "vis": "visible only"}
+                area = "keypoints (official)" if self._official_keypoint_area else "boxes"
                 self._logger.info(
                     f"Keypoint AP: ground-truth variant '{self._keypoint_gt_variant}' "
-                    f"({'visible and occluded' if self._keypoint_gt_variant == 'vis_occ' else 'visible only'}"
-                    f" landmarks), {len(self._kpt_oks_sigmas)} OKS sigmas from the metadata, "
-                    f"detection area from {'keypoints (official)' if self._official_keypoint_area else 'boxes (Detectron2)'}."
+                    f"({landmarks[self._keypoint_gt_variant]} landmarks), "
+                    f"{len(self._kpt_oks_sigmas)} OKS sigmas from the metadata, "
+                    f"detection area from {area}."
                 )
             else:
                 coco_api = self._coco_api
@@ -282,4 +295,3 @@ class DeepFashion2Evaluator(COCOEvaluator):
         if task == "keypoints":
             view["keypoints"] = result["keypoints"]
         return view
-

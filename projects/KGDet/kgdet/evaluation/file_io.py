@@ -1,4 +1,5 @@
 """Atomic writes: a temporary file in the target folder renamed into place (no partial files)."""
+
 import json
 import os
 import tempfile

@@ -25,14 +25,14 @@ Metric definitions: :mod:`kgdet.evaluation.fld_metrics` (DATASETS.md §2.8). Wha
 Coordinates must be in the frame of the dataset dicts' keypoints (Detectron2's continuous frame
 after ``load_coco_json``'s +0.5, which is also the frame of the model's ``pred_keypoints``).
 """
+
 import copy
 import itertools
 import logging
+import numpy as np
 import os
 from collections import OrderedDict
 from typing import Dict, List, Optional
-
-import numpy as np
 import torch
 
 import detectron2.utils.comm as comm
@@ -294,7 +294,9 @@ class FLDEvaluator(DatasetEvaluator):
         else:
             records = self._records
         if not records:
-            logger.warning(f"[FLDEvaluator] Did not receive predictions for '{self._dataset_name}'.")
+            logger.warning(
+                f"[FLDEvaluator] Did not receive predictions for '{self._dataset_name}'."
+            )
             return {}
         kinds = {r["kind"] for r in records}
         if len(kinds) != 1:
@@ -335,4 +337,3 @@ class FLDEvaluator(DatasetEvaluator):
                 {"visible_only": self._visible_only, "kind": kind, **copy.deepcopy(results)},
             )
         return copy.deepcopy(results)
-

@@ -12,9 +12,9 @@ Conventions (followed from DATASETS.md §2.8; the DFA paper leaves some of them 
 
 NE values are fractions (the paper's scale, e.g. 0.071); PDL values and miss rates are percent.
 """
-from typing import Dict, Mapping, Optional, Sequence
 
 import numpy as np
+from typing import Dict, Mapping, Optional, Sequence
 
 __all__ = [
     "PDL_THRESHOLDS",

@@ -9,12 +9,13 @@ ones. ``GarmentVisualizer`` therefore draws, per garment, only its class's slots
 - hollow rings: predicted points below the threshold (but > 0), or occluded GT (v = 1);
 - nothing: score 0 (slot outside the predicted class), unlabelled GT (v = 0).
 """
+
+import numpy as np
 from typing import List, NamedTuple, Optional, Sequence
 
-import matplotlib as mpl
-import numpy as np
-
 from detectron2.utils.visualizer import Visualizer, random_color
+
+import matplotlib as mpl
 
 __all__ = ["KeypointMark", "garment_keypoint_marks", "GarmentVisualizer"]
 
@@ -144,6 +145,6 @@ class GarmentVisualizer(Visualizer):
             facecolor=edge if mark.filled else "none",
             edgecolor="white" if mark.filled else edge,
             linewidth=max(radius / 3.0, 1.0),
+            zorder=11,  # above the box labels (Visualizer draws text at zorder 10)
         )
         self.output.ax.add_patch(circle)
-

@@ -4,12 +4,12 @@ This is the official evaluation driver (``deepfashion2_test.py``) with the one c
 official ``cocoeval.py`` hard-codes: the 294 OKS sigmas are passed as ``params.kpt_oks_sigmas``
 (stock pycocotools with these sigmas reproduces the official numbers exactly).
 """
+
 import contextlib
 import io
 import json
-from typing import Dict, Optional, Sequence, Union
-
 import numpy as np
+from typing import Dict, Optional, Sequence, Union
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 

@@ -12,6 +12,7 @@ Coordinates are 0-indexed floats (Detectron2's export already subtracted its +0.
 keypoints); ``category_id`` is the dataset's (1..13 for DeepFashion2); ``image_id`` is the
 dataset's image id (for DeepFashion2 the integer of the 6-digit file name).
 """
+
 import logging
 import os
 from typing import Dict, List, Sequence

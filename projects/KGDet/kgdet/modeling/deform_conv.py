@@ -75,7 +75,8 @@ def _check_inputs(x: Tensor, offset: Tensor, weight: Tensor, padding: int) -> No
 def _sample_positions(offset: Tensor, k: int, padding: int) -> Tuple[Tensor, Tensor]:
     """Absolute sampling rows/cols (N, Ho, Wo, k*k) in input pixels, tap-minor order.
 
-    Tap m = a*k + b of output cell (i, j) samples at (i - padding + a + dy_m, j - padding + b + dx_m)
+    Tap m = a*k + b of output cell (i, j) samples at
+    (i - padding + a + dy_m, j - padding + b + dx_m)
     (``deform_conv2d``'s convention: stride 1, dilation 1).
     """
     n, _, ho, wo = offset.shape
@@ -118,7 +119,7 @@ def _bilinear_corners(y: Tensor, x: Tensor, height: int, width: int) -> Tuple[Te
 
 
 def _weight_matrix(weight: Tensor) -> Tensor:
-    """(out, in, k, k) -> (out, k*k*in): the column order of the tap-major, channel-minor samples."""
+    """(out, in, k, k) -> (out, k*k*in), the column order of the (tap, channel) samples."""
     out_ch = weight.shape[0]
     return weight.permute(0, 2, 3, 1).reshape(out_ch, -1)
 
