@@ -1,13 +1,15 @@
 """DFA building blocks: pseudo-labels (Eq. 1), k-means spaces, routing (Eq. 2), alpha/beta (Eq. 4),
 losses (truncated landmarks), normalisation and crops."""
-import math
 
+import math
 import numpy as np
 import pytest
 import torch
+
 from detectron2.structures import BoxMode
 
 from dfa.landmarks import (
+    FLD_CLASS_SLOTS,
     crop_box,
     denormalize_landmarks,
     garment_targets,
@@ -25,7 +27,6 @@ from dfa.pseudo_labels import (
     pseudo_labels,
     route,
 )
-from dfa.landmarks import FLD_CLASS_SLOTS
 
 
 # ---- pseudo-labels ---------------------------------------------------------------------------

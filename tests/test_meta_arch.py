@@ -201,6 +201,23 @@ class TestTraining(unittest.TestCase):
         self.assertTrue(all(torch.isfinite(v) for v in losses.values()))
         self.assertEqual(unused_trainable_parameters(model, batch), [])
 
+    def test_flip_fusion_variant_trains_all_parameters(self):
+        names = [f"k{i}" for i in range(NUM_KEYPOINTS)]
+        with _Registered(
+            "kgdet_test_meta_arch_flip",
+            thing_classes=["a", "b", "c"],
+            keypoint_names=names,
+            keypoint_flip_map=[("k0", "k1"), ("k2", "k3"), ("k4", "k5")],
+            class_keypoint_slots=CLASS_SLOTS,
+        ) as name:
+            cfg = tiny_cfg(FLIP_FUSION=True)
+            cfg.DATASETS.TRAIN = (name,)
+            model = build_model(cfg)
+        batch = [make_input(64, 96, [[8, 8, 80, 60]], [2]), make_input(32, 32)]
+        losses, _ = train_losses(model, batch)
+        self.assertTrue(all(torch.isfinite(v) for v in losses.values()))
+        self.assertEqual(unused_trainable_parameters(model, batch), [])
+
     def test_non_finite_loss_stops_training_naming_the_term(self):
         model = build_model(tiny_cfg())
         with torch.no_grad():  # diverged classifier: NaN logits at stage 1

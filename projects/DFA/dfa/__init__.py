@@ -3,6 +3,7 @@
 Importing the package registers the ``DFA`` meta-architecture; ``add_dfa_config(cfg)`` adds the
 ``MODEL.DFA`` keys. Training runs stage by stage (:func:`train_all_stages`, tools/train_dfa.py).
 """
+
 from .config import add_dfa_config
 from .meta_arch import DFA
 from .data import DFACropMapper, DFAImageMapper, build_dfa_test_loader, build_dfa_train_loader

@@ -1,4 +1,5 @@
 """Config keys of DFA, all under ``MODEL.DFA`` (design choices: projects/DFA/DESIGN.md)."""
+
 from detectron2.config import CfgNode as CN
 
 __all__ = ["add_dfa_config"]

@@ -4,20 +4,22 @@ DFA works on one garment at a time: its ground-truth (or detected) box is croppe
 to a square (Appendix B.1). Training iterates over garments, evaluation over images (one output
 row per annotation, in dataset order, as FLDEvaluator's aligned mode expects).
 """
+
 import copy
 import logging
-from typing import Dict, List, Optional
-
 import numpy as np
+from typing import Dict, List, Optional
 import torch
+
 from detectron2.config import configurable
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data import detection_utils as utils
 from detectron2.data import (
+    DatasetCatalog,
+    MetadataCatalog,
     build_detection_test_loader,
     build_detection_train_loader,
-    get_detection_dataset_dicts,
 )
+from detectron2.data import detection_utils as utils
+from detectron2.data import get_detection_dataset_dicts
 from detectron2.structures import BoxMode
 
 from .landmarks import FLD_CLASS_SLOTS, crop_box, garment_targets, normalize_landmarks
@@ -26,6 +28,7 @@ __all__ = [
     "class_slots_of",
     "flip_indices_of",
     "garment_records",
+    "load_train_garments",
     "DFACropMapper",
     "DFAImageMapper",
     "build_dfa_train_loader",
@@ -46,6 +49,8 @@ def class_slots_of(dataset_names: List[str]) -> List[List[int]]:
 
 def flip_indices_of(dataset_names: List[str], num_landmarks: int) -> List[int]:
     """Horizontal-flip slot permutation from the metadata's flip map (FLD's pairs if absent)."""
+    if not dataset_names:
+        return list(FLD_FLIP_INDICES[:num_landmarks])
     meta = MetadataCatalog.get(dataset_names[0])
     if meta.get("keypoint_names") is None or meta.get("keypoint_flip_map") is None:
         return list(FLD_FLIP_INDICES[:num_landmarks])
@@ -147,7 +152,7 @@ class DFACropMapper:
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
         d = cfg.MODEL.DFA
-        names = list(cfg.DATASETS.TRAIN if is_train else cfg.DATASETS.TEST) or ["__none__"]
+        names = list(cfg.DATASETS.TRAIN if is_train else cfg.DATASETS.TEST)
         return {
             "is_train": is_train,
             "crop_size": d.CROP_SIZE,
@@ -214,11 +219,17 @@ class DFAImageMapper:
     @classmethod
     def from_config(cls, cfg):
         d = cfg.MODEL.DFA
-        return {"crop_size": d.CROP_SIZE, "box_expand": d.BOX_EXPAND, "image_format": cfg.INPUT.FORMAT}
+        return {
+            "crop_size": d.CROP_SIZE,
+            "box_expand": d.BOX_EXPAND,
+            "image_format": cfg.INPUT.FORMAT,
+        }
 
     def __call__(self, dataset_dict: Dict) -> Dict:
         record = copy.copy(dataset_dict)
-        image = np.ascontiguousarray(utils.read_image(record["file_name"], format=self.image_format))
+        image = np.ascontiguousarray(
+            utils.read_image(record["file_name"], format=self.image_format)
+        )
         utils.check_image_size(record, image)
         boxes = []
         for annotation in record.get("annotations", []):
@@ -250,16 +261,19 @@ class DFAImageMapper:
         }
 
 
-def _train_garments(cfg, dataset_names: Optional[List[str]] = None) -> List[Dict]:
+def load_train_garments(cfg, dataset_names: Optional[List[str]] = None) -> List[Dict]:
+    """Garment records of cfg.DATASETS.TRAIN (or ``dataset_names``), see :func:`garment_records`."""
     names = list(dataset_names or cfg.DATASETS.TRAIN)
     dicts = get_detection_dataset_dicts(names, filter_empty=False)
     d = cfg.MODEL.DFA
-    return garment_records(dicts, class_slots_of(names), d.NUM_LANDMARKS, d.MIN_BOX_SIZE, "+".join(names))
+    return garment_records(
+        dicts, class_slots_of(names), d.NUM_LANDMARKS, d.MIN_BOX_SIZE, "+".join(names)
+    )
 
 
 def build_dfa_train_loader(cfg, garments: Optional[List[Dict]] = None):
     """Infinite shuffled loader of augmented garment crops, SOLVER.IMS_PER_BATCH per batch."""
-    garments = garments if garments is not None else _train_garments(cfg)
+    garments = garments if garments is not None else load_train_garments(cfg)
     return build_detection_train_loader(
         garments,
         mapper=DFACropMapper(cfg, is_train=True),
@@ -271,16 +285,16 @@ def build_dfa_train_loader(cfg, garments: Optional[List[Dict]] = None):
 
 def build_dfa_garment_loader(cfg, garments: List[Dict], batch_size: int):
     """One ordered pass over garments, un-augmented (cluster centres, routing statistics)."""
-    mapper = DFACropMapper(cfg, is_train=False)
-    mapper.cache.enabled = cfg.MODEL.DFA.CACHE_IMAGES
     return build_detection_test_loader(
-        garments, mapper=mapper, batch_size=batch_size, num_workers=cfg.DATALOADER.NUM_WORKERS
+        garments,
+        mapper=DFACropMapper(cfg, is_train=False),
+        batch_size=batch_size,
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
     )
 
 
 def build_dfa_test_loader(cfg, dataset_name: str, batch_size: int = 1):
     """One pass over the images of ``dataset_name`` in dataset order (for FLDEvaluator)."""
-    DatasetCatalog.get(dataset_name)  # fail early with the catalog's own error if unknown
     return build_detection_test_loader(
         cfg, dataset_name, mapper=DFAImageMapper(cfg), batch_size=batch_size
     )

@@ -5,6 +5,7 @@ DFA is run on the ground-truth boxes (aligned-output mode); every stage's landma
 paper's Table 2 rows) besides ``fld`` (the last stage), each per landmark, clothing type and
 variation type.
 """
+
 import logging
 import os
 from typing import Dict, List, Optional
@@ -29,18 +30,26 @@ def evaluate_dfa(
     return inference_on_dataset(model, loader, evaluator)
 
 
+def _table(results: Dict[str, Dict[str, float]], stage_keys: List[str], columns: List[str]):
+    lines = ["| stage | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]
+    for key in stage_keys:
+        row = results[key]
+        name = key.replace("fld_s", "") if key != "fld" else "final"
+        cells = [f"{row[c]:.2f}" if c.startswith("PDL") else f"{row[c]:.4f}" for c in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def format_stage_table(results: Dict[str, Dict[str, float]], dataset_name: str = "") -> str:
-    """Markdown table: one row per stage with NE, NE6, PDL@15 and NE per clothing type."""
+    """Markdown tables, one row per stage: NE, NE6, PDL@15 and NE per clothing type (as the
+    paper's Table 2), then NE per variation type (as its Table 3) when the dataset has them."""
     stage_keys: List[str] = sorted(k for k in results if k.startswith("fld_s")) or ["fld"]
     first = results[stage_keys[0]]
     type_keys = sorted(k for k in first if k.startswith("type=") and k.endswith("/NE"))
     columns = [c for c in ("NE", "NE6", "PDL@15") if c in first] + type_keys
-    header = "| stage | " + " | ".join(columns) + " |"
-    lines = [header, "|" + "---|" * (len(columns) + 1)]
-    for key in stage_keys:
-        row = results[key]
-        name = key.replace("fld_s", "") if key != "fld" else "final"
-        cells = [f"{row[c]:.4f}" if c != "PDL@15" else f"{row[c]:.2f}" for c in columns]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     title = f"DFA per-stage results on {dataset_name} (box-normalised NE, visible landmarks)"
-    return title + os.linesep + os.linesep.join(lines)
+    lines = [title, ""] + _table(results, stage_keys, columns)
+    variation_keys = [k for k in first if k.startswith("variation=") and k.endswith("/NE")]
+    if variation_keys:
+        lines += ["", "NE per variation type:", ""] + _table(results, stage_keys, variation_keys)
+    return os.linesep.join(lines)

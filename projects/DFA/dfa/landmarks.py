@@ -6,12 +6,13 @@ b = (xc, yc, bw, bh) as ``((x - xc) / bw, (y - yc) / bh)`` (DeepPose normalisati
 points on the box border are at +-0.5, and an error of e in these units is the box-normalised
 NE of DATASETS.md §2.8.
 """
-import logging
-from typing import Dict, List, Sequence
 
-import cv2
+import logging
 import numpy as np
+from typing import Dict, List, Sequence
+import cv2
 import torch
+
 from detectron2.structures import BoxMode
 
 __all__ = [

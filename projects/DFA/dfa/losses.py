@@ -1,4 +1,5 @@
 """Loss terms of Eq. 3 and the auxiliary-weight schedule of Eq. 4."""
+
 import torch
 import torch.nn.functional as F
 

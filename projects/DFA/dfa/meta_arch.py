@@ -14,15 +14,16 @@ Inference (``model.eval()``) takes image-level dicts from :class:`dfa.data.DFAIm
 (list over stages), ``landmark_visibility`` (G, L, 3) probabilities of the last stage and, with
 stage 3, ``routing`` (G,) bool (True = branch 1, "easy") — the FLDEvaluator aligned-output format.
 """
-import logging
-from typing import Dict, List, Optional
 
+import logging
 import numpy as np
+from typing import Dict, List, Optional
 import torch
+from torch import nn
+
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.utils.events import get_event_storage
-from torch import nn
 
 from .landmarks import crop_box, denormalize_landmarks, normalized_to_crop_pixels, sanitize_box
 from .losses import aux_loss_weight, label_loss, position_loss, visibility_loss
@@ -296,7 +297,9 @@ class DFA(nn.Module):
 
         with torch.no_grad():
             space = cluster_space(stage, gt, labelled, prev, self.distance_scale)
-            target_labels = pseudo_labels(space, getattr(self, f"centres_{stage}"), self.temperature)
+            target_labels = pseudo_labels(
+                space, getattr(self, f"centres_{stage}"), self.temperature
+            )
         iteration = get_event_storage().iter
         alpha = aux_loss_weight(iteration, self.visibility_weight, *self.aux_decay_iters)
         beta = aux_loss_weight(iteration, self.label_weight, *self.aux_decay_iters)
@@ -317,11 +320,13 @@ class DFA(nn.Module):
             return item["crops"]
         if "image" not in item:
             raise KeyError("DFA inference input needs 'boxes' and either 'crops' or 'image'")
-        image = item["image"].permute(1, 2, 0).cpu().numpy()
+        image = np.ascontiguousarray(item["image"].permute(1, 2, 0).cpu().numpy())
         boxes = item["boxes"].cpu().numpy().reshape(-1, 4)
         crops = [crop_box(image, b, self.crop_size, self.box_expand) for b in boxes]
         if not crops:
-            return torch.zeros((0, image.shape[2], self.crop_size, self.crop_size), dtype=torch.uint8)
+            return torch.zeros(
+                (0, image.shape[2], self.crop_size, self.crop_size), dtype=torch.uint8
+            )
         return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2)
 
     @torch.no_grad()
@@ -331,9 +336,10 @@ class DFA(nn.Module):
             if "boxes" not in item:
                 raise KeyError("DFA inference input needs 'boxes' (G, 4) XYXY in image pixels")
             boxes = torch.as_tensor(item["boxes"], dtype=torch.float32).reshape(-1, 4)
-            boxes = torch.from_numpy(np.stack([sanitize_box(b) for b in boxes.tolist()]))
-            boxes_list.append(boxes.float() if len(boxes) else torch.zeros(0, 4))
-            crops_list.append(self._crops_of({**item, "boxes": boxes_list[-1]}))
+            boxes = [sanitize_box(b) for b in boxes.tolist()]  # >= 1 px, as the crops
+            boxes = torch.as_tensor(np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
+            boxes_list.append(boxes)
+            crops_list.append(self._crops_of({**item, "boxes": boxes}))
         counts = [len(b) for b in boxes_list]
         crops = torch.cat(crops_list) if crops_list else torch.zeros(0)
         num_stages = min(self.test_stages, self.num_stages)

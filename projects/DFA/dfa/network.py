@@ -6,9 +6,9 @@ also see the previous stage's landmarks (DESIGN.md §5): as extra input channels
 heatmaps, zero-initialised filters in the first conv) and/or as 16 extra inputs of the first
 fully connected layer (zero-initialised weights), so ImageNet weights load unchanged.
 """
+
 import logging
 from typing import Dict, List, Optional
-
 import torch
 from torch import nn
 from torchvision.models.vgg import cfgs as vgg_cfgs
@@ -144,7 +144,9 @@ def load_vgg16_imagenet(network: StageNetwork, state_dict: Dict[str, torch.Tenso
     ``features.*`` -> trunk, ``classifier.0`` -> fc6, ``classifier.3`` -> fc7. Extra input
     channels (heatmaps) and extra fc6 inputs (coordinates) keep their zero initialisation.
     """
-    trunk_state = {k[len("features.") :]: v for k, v in state_dict.items() if k.startswith("features.")}
+    trunk_state = {
+        k[len("features.") :]: v for k, v in state_dict.items() if k.startswith("features.")
+    }
     if not trunk_state or "classifier.0.weight" not in state_dict:
         raise ValueError("not a torchvision VGG-16 state dict (missing features.* / classifier.0)")
     with torch.no_grad():
@@ -168,7 +170,11 @@ def _copy_leading(target: torch.Tensor, source: torch.Tensor) -> None:
     if target.shape == source.shape:
         target.copy_(source)
         return
-    if target.dim() < 2 or target.shape[0] != source.shape[0] or target.shape[2:] != source.shape[2:]:
+    if (
+        target.dim() < 2
+        or target.shape[0] != source.shape[0]
+        or target.shape[2:] != source.shape[2:]
+    ):
         raise ValueError(f"cannot warm-start {tuple(target.shape)} from {tuple(source.shape)}")
     target.zero_()
     target[:, : source.shape[1]].copy_(source)

@@ -1,8 +1,9 @@
 """DFA on one image and its garment boxes, and the KGDet -> DFA pipeline."""
-from typing import Dict, List, Optional
 
 import numpy as np
+from typing import Dict, List, Optional
 import torch
+
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 from detectron2.structures import Instances
@@ -34,7 +35,12 @@ class DFAPredictor:
             raise ValueError(f"image must be (H, W, C), got shape {image.shape}")
         boxes = torch.as_tensor(np.asarray(boxes, dtype=np.float32)).reshape(-1, 4)
         tensor = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
-        inputs = {"image": tensor, "boxes": boxes, "height": image.shape[0], "width": image.shape[1]}
+        inputs = {
+            "image": tensor,
+            "boxes": boxes,
+            "height": image.shape[0],
+            "width": image.shape[1],
+        }
         return self.model([inputs])[0]
 
 

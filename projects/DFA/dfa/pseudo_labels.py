@@ -11,10 +11,10 @@ Cluster spaces (DESIGN.md §2), all in pixels of a ``scale`` x ``scale`` crop (p
 Landmarks without a trusted position (truncated, or not defined for the clothing type) enter
 every space as 0: the box centre for configurations, "no error" for offsets.
 """
-import logging
-from typing import Tuple
 
+import logging
 import numpy as np
+from typing import Tuple
 import torch
 from sklearn.cluster import KMeans
 

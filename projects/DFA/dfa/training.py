@@ -14,13 +14,14 @@ Stage k > 1 starts only from ``stage{k-1}/model_final.pth`` and ``stage{k-1}/cen
 (clear FileNotFoundError otherwise). A stage whose ``model_final.pth`` exists is skipped; an
 interrupted stage resumes from its last periodic checkpoint (``stage{k}/checkpoint_*.pth``).
 """
+
 import logging
 import os
 import shutil
 import tempfile
 from typing import Dict, List, Optional
-
 import torch
+
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import SimpleTrainer, hooks
 from detectron2.engine.defaults import default_writers
@@ -28,7 +29,7 @@ from detectron2.modeling import build_model
 from detectron2.solver import build_lr_scheduler
 from detectron2.solver.build import maybe_add_gradient_clipping
 
-from .data import _train_garments, build_dfa_garment_loader, build_dfa_train_loader
+from .data import build_dfa_garment_loader, build_dfa_train_loader, load_train_garments
 from .network import load_vgg16_imagenet, warm_start_from
 from .pseudo_labels import (
     cluster_error_magnitudes,
@@ -139,7 +140,9 @@ def build_dfa_optimizer(cfg, model, stage: int) -> torch.optim.Optimizer:
     if name == "ADAM":
         cls = maybe_add_gradient_clipping(cfg, torch.optim.AdamW)
         return cls(params, lr=solver.BASE_LR, weight_decay=solver.WEIGHT_DECAY)
-    raise ValueError(f"MODEL.DFA.OPTIMIZER must be 'SGD' or 'ADAM', got {cfg.MODEL.DFA.OPTIMIZER!r}")
+    raise ValueError(
+        f"MODEL.DFA.OPTIMIZER must be 'SGD' or 'ADAM', got {cfg.MODEL.DFA.OPTIMIZER!r}"
+    )
 
 
 @torch.no_grad()
@@ -218,8 +221,11 @@ def _install_centres(model, info: Dict) -> None:
     )
 
 
-def prepare_stage(cfg, stage: int, garments: Optional[List[Dict]] = None):
-    """Model ready to train ``stage``: previous stage loaded, this stage's centres installed.
+def prepare_stage(
+    cfg, stage: int, garments: Optional[List[Dict]] = None, reuse_centres: bool = True
+):
+    """Model ready to train ``stage``: previous stage loaded, this stage's centres installed
+    (read from its centres.pth if it exists and ``reuse_centres``, else computed and saved).
 
     Returns (model, garments). Raises FileNotFoundError if the previous stage is incomplete.
     """
@@ -239,11 +245,11 @@ def prepare_stage(cfg, stage: int, garments: Optional[List[Dict]] = None):
                 warm_start_from(model.networks[name], previous)
             logger.info(f"DFA stage {stage}: initialised from stage {stage - 1}")
     path = centres_path(output_dir, stage)
-    if os.path.isfile(path):
+    if reuse_centres and os.path.isfile(path):
         info = torch.load(path, map_location="cpu")
         logger.info(f"DFA stage {stage}: loaded centres from {path}")
     else:
-        garments = garments if garments is not None else _train_garments(cfg)
+        garments = garments if garments is not None else load_train_garments(cfg)
         info = compute_stage_centres(cfg, model, garments, stage)
         _atomic_torch_save(info, path)
     _install_centres(model, info)
@@ -251,7 +257,11 @@ def prepare_stage(cfg, stage: int, garments: Optional[List[Dict]] = None):
 
 
 def train_stage(cfg, stage: int, resume: bool = True, garments: Optional[List[Dict]] = None):
-    """Train one stage (skipped if its model_final.pth exists and ``resume``); returns the model."""
+    """Train one stage; returns (model, garments).
+
+    With ``resume``: skipped if its model_final.pth exists, continued from its last periodic
+    checkpoint if any, existing centres reused. Without: centres recomputed, training from scratch.
+    """
     output_dir = cfg.OUTPUT_DIR
     final_path = final_checkpoint_path(output_dir, stage)
     if resume and os.path.isfile(final_path):
@@ -259,9 +269,9 @@ def train_stage(cfg, stage: int, resume: bool = True, garments: Optional[List[Di
         model = build_dfa_model(cfg, stage)
         DetectionCheckpointer(model).load(final_path)
         return model, garments
-    model, garments = prepare_stage(cfg, stage, garments)
+    model, garments = prepare_stage(cfg, stage, garments, reuse_centres=resume)
     if garments is None:
-        garments = _train_garments(cfg)
+        garments = load_train_garments(cfg)
     work_dir = stage_dir(output_dir, stage)
     optimizer = build_dfa_optimizer(cfg, model, stage)
     scheduler = build_lr_scheduler(cfg, optimizer)

@@ -20,28 +20,22 @@ never see partial output. Default sizes (overridable by env vars ``KGDET_SYNTH_N
 OKS sigmas: every synthetic keypoint gets ``SYNTHETIC_OKS_SIGMA = 0.025`` — a fixed declared
 value (about DeepFashion2's typical sigma), not tuned to any result.
 """
+
 import hashlib
 import json
 import logging
+import numpy as np
 import os
 import shutil
 import tempfile
 import time
 from typing import Dict, List, Optional, Union
-
 import cv2
-import numpy as np
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
-from .synthetic_layouts import (
-    DF2_LIKE_LAYOUT,
-    FLD_LAYOUT,
-    LAYOUTS,
-    KeypointLayout,
-    get_layout,
-)
+from .synthetic_layouts import DF2_LIKE_LAYOUT, FLD_LAYOUT, LAYOUTS, KeypointLayout, get_layout
 from .synthetic_render import render_synthetic_image
 
 __all__ = [

@@ -15,12 +15,14 @@ A *layout* (``KeypointLayout``) turns shapes into dataset classes and keypoint s
   8 shared slots (L/R collar, L/R sleeve, L/R waistline, L/R hem); a slot is a vertex or the
   midpoint of several vertices (e.g. the sleeve landmark is the middle of the cuff).
 """
+
 import math
+import numpy as np
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Sequence, Tuple, Union
 
-import numpy as np
+from .fld_meta import FLD_CLASS_KEYPOINT_SLOTS, FLD_CLASS_NAMES, FLD_KEYPOINT_NAMES
 
 __all__ = [
     "KeypointLayout",
@@ -154,6 +156,7 @@ def _legwear(rng: np.random.Generator, length: float) -> Vertices:
         leg_w = _u(rng, 0.17, 0.24) if length > 0.8 else _u(rng, 0.22, 0.30)
         out_top = np.array([side * hip, hip_y])
         out_bottom = out_top + (length - hip_y) * np.array([side * math.sin(spread), 1.0])
+        leg_w = min(leg_w, 0.8 * abs(out_bottom[0]))  # keep the two legs apart
         in_bottom = out_bottom - np.array([side * leg_w, 0.0])
         legs[side] = (tuple(out_bottom), tuple(in_bottom))
     v["right_hem_outer"], v["right_hem_inner"] = legs[1]
@@ -288,18 +291,6 @@ def _df2_like_layout() -> KeypointLayout:
     )
 
 
-FLD_KEYPOINT_NAMES = (
-    "left_collar",
-    "right_collar",
-    "left_sleeve",
-    "right_sleeve",
-    "left_waistline",
-    "right_waistline",
-    "left_hem",
-    "right_hem",
-)
-
-
 def _fld_layout() -> KeypointLayout:
     """FLD: Upper {0,1,2,3,6,7}, Lower {4,5,6,7}, Whole all 8 (DATASETS.md §2.3)."""
     collar = {0: "left_collar", 1: "right_collar"}
@@ -319,13 +310,13 @@ def _fld_layout() -> KeypointLayout:
     whole = {**collar, **sleeve, 4: "left_waist", 5: "right_waist", 6: "left_hem", 7: "right_hem"}
     return KeypointLayout(
         name="fld_v1",
-        thing_classes=("Upper", "Lower", "Whole"),  # KGDet's DeepFashionDataset order (§2.7)
+        thing_classes=tuple(FLD_CLASS_NAMES),  # KGDet's DeepFashionDataset order (§2.7)
         class_shapes=(
             ("short_sleeve_top", "long_sleeve_top"),
             ("trousers", "shorts", "skirt"),
             ("short_sleeve_dress", "long_sleeve_dress"),
         ),
-        keypoint_names=FLD_KEYPOINT_NAMES,
+        keypoint_names=tuple(FLD_KEYPOINT_NAMES),
         class_keypoint_sources=(upper, lower, whole),
         evaluator_type="fld",
         fld_format=True,
@@ -334,6 +325,7 @@ def _fld_layout() -> KeypointLayout:
 
 DF2_LIKE_LAYOUT = _df2_like_layout()
 FLD_LAYOUT = _fld_layout()
+assert FLD_LAYOUT.class_keypoint_slots == FLD_CLASS_KEYPOINT_SLOTS, "FLD slots out of sync"
 LAYOUTS: Dict[str, KeypointLayout] = {"df2_like": DF2_LIKE_LAYOUT, "fld": FLD_LAYOUT}
 
 

@@ -174,7 +174,8 @@ class KGDet(DenseDetector):
         num_keypoints = k.NUM_KEYPOINTS if getattr(head, "has_keypoints", True) else 0
         if k.REFINE_ASSIGNER not in ("same", "max_iou"):
             raise ValueError(
-                f"MODEL.KGDET.REFINE_ASSIGNER must be 'same' or 'max_iou', got {k.REFINE_ASSIGNER!r}"
+                "MODEL.KGDET.REFINE_ASSIGNER must be 'same' or 'max_iou', got "
+                f"{k.REFINE_ASSIGNER!r}"
             )
         refine = None
         if k.REFINE_ASSIGNER == "max_iou":
