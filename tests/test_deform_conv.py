@@ -112,6 +112,9 @@ def test_trains_on_cpu_and_weight_cache_follows_updates():
         module.weight.mul_(2)  # in-place update (optimizer step): the cached matrix must follow
         after = module(x, offset)
     torch.testing.assert_close(after, 2 * before)
+    with torch.inference_mode():
+        module(x, offset)
+    module(x, offset).sum().backward()  # the inference-mode cache is not used with autograd on
 
 
 def test_autocast_runs_in_float32():

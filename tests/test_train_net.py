@@ -112,7 +112,8 @@ def test_trained_model_loads_in_default_predictor(trained):
     cfg.MODEL.WEIGHTS = str(out / "model_final.pth")
     cfg.MODEL.KGDET.SCORE_THRESH_TEST = 0.0
     predictor = DefaultPredictor(cfg)
-    image = (np.random.rand(100, 140, 3) * 255).astype(np.uint8)  # BGR, like cv2.imread
+    rng = np.random.default_rng(0)
+    image = (rng.random((100, 140, 3)) * 255).astype(np.uint8)  # BGR, like cv2.imread
     instances = predictor(image)["instances"]
     assert len(instances) > 0
     assert instances.pred_keypoints.shape == (len(instances), 50, 3)

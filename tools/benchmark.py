@@ -516,6 +516,33 @@ def _round_robin(workers: List[Worker], cmd: str, rounds: int) -> Dict[str, List
     return times
 
 
+def compute_ratios(results: Dict[str, Dict]) -> Dict[str, float]:
+    """KGDet against its own backbone+FPN and against the baselines."""
+    kg = results["kgdet"]
+
+    def ratio(a: Dict, b: Dict, stat: str) -> float:
+        return a[stat] / b[stat]
+
+    # Ratios of medians (the targets) and of minima (the least disturbed runs on a shared
+    # machine, closest to the uncontended cost).
+    ratios = {}
+    for stat, suffix in (("median_ms", ""), ("min_ms", "_of_min")):
+        ratios["kgdet_total_over_own_backbone_fpn" + suffix] = ratio(
+            kg["inference"], kg["backbone_fpn"], stat
+        )
+        for b in BASELINES:
+            if b not in results:
+                continue
+            ratios[f"kgdet_over_{b}_latency{suffix}"] = ratio(
+                kg["inference"], results[b]["inference"], stat
+            )
+            if "train_step" in kg:
+                ratios[f"kgdet_over_{b}_train_step{suffix}"] = ratio(
+                    kg["train_step"], results[b]["train_step"], stat
+                )
+    return {k: round(v, 3) for k, v in ratios.items()}
+
+
 def run_benchmark(args: argparse.Namespace) -> Dict:
     names = ["kgdet"] + [b for b in BASELINES if b in args.baselines]
     load_before = os.getloadavg()
@@ -566,21 +593,7 @@ def run_benchmark(args: argparse.Namespace) -> Dict:
             for w in workers:
                 w.close()
 
-    kg = results["kgdet"]
-    ratios = {
-        "kgdet_total_over_own_backbone_fpn": kg["inference"]["median_ms"]
-        / kg["backbone_fpn"]["median_ms"]
-    }
-    for b in BASELINES:
-        if b in results:
-            ratios[f"kgdet_over_{b}_latency"] = (
-                kg["inference"]["median_ms"] / results[b]["inference"]["median_ms"]
-            )
-            if "train_step" in kg:
-                ratios[f"kgdet_over_{b}_train_step"] = (
-                    kg["train_step"]["median_ms"] / results[b]["train_step"]["median_ms"]
-                )
-    ratios = {k: round(v, 3) for k, v in ratios.items()}
+    ratios = compute_ratios(results)
     return {
         "config_file": args.config_file,
         "opts": list(args.opts),
@@ -692,14 +705,16 @@ def format_report(report: Dict) -> str:
         if key in ratios:
             lines.append(
                 f"{label}: {ratios[key]:.2f} (target <= {target:.2f}: "
-                f"{verdict(ratios[key], target)})"
+                f"{verdict(ratios[key], target)}; ratio of minima {ratios[key + '_of_min']:.2f})"
             )
     for key, label in (
         ("kgdet_over_retinanet_train_step", "KGDet / RetinaNet training step"),
         ("kgdet_over_fcos_train_step", "KGDet / FCOS training step"),
     ):
         if key in ratios:
-            lines.append(f"{label}: {ratios[key]:.2f}")
+            lines.append(
+                f"{label}: {ratios[key]:.2f} (ratio of minima {ratios[key + '_of_min']:.2f})"
+            )
     flops = models["kgdet"].get("flops", {}).get("full_fpn")
     if flops:
         rel = flops["gflops_without_dcn"] / targets["kgdet_paper_gflops"] - 1

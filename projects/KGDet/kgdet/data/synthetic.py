@@ -55,7 +55,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 1  # bump whenever the rendered data changes
+GENERATOR_VERSION = 2  # bump whenever the rendered data changes
 SYNTHETIC_OKS_SIGMA = 0.025
 DEFAULT_IMAGE_SIZE = 320  # long side in pixels
 DATASET_JSON = "dataset.json"
@@ -133,6 +133,7 @@ def generate_synthetic_dataset(
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
     tmp_dir = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".tmp-", dir=parent)
+    os.chmod(tmp_dir, 0o755)  # mkdtemp makes it private; the cache may be shared
     start = time.perf_counter()
     try:
         os.makedirs(os.path.join(tmp_dir, "images"))

@@ -178,7 +178,7 @@ def _annotation(layout, category, vertices, order_map, draw_index, abs_rotation,
     fld_vis = [0] * layout.num_keypoints
     num_truncated = 0
     for slot, source in layout.class_keypoint_sources[category].items():
-        x, y = resolve_keypoint(vertices, source)
+        x, y = (round(float(c), 3) for c in resolve_keypoint(vertices, source))
         if not (0 <= x < w and 0 <= y < h):
             num_truncated += 1
             fld_vis[slot] = 2
@@ -192,7 +192,7 @@ def _annotation(layout, category, vertices, order_map, draw_index, abs_rotation,
     ann = {
         "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
         "category_id": int(category),
-        "keypoints": [round(float(v), 3) for v in kps.reshape(-1)],
+        "keypoints": [float(v) for v in kps.reshape(-1)],
         "num_keypoints": int((kps[:, 2] > 0).sum()),
         "iscrowd": 0,
     }

@@ -253,11 +253,19 @@ class KGDeformConv(nn.Module):
         return "gather"
 
     def _cached_weight_matrix(self) -> Optional[Tensor]:
-        """The permuted weight, reused across calls when no gradient is recorded."""
+        """The permuted weight, reused across calls while autograd is off (eval/inference); the
+        key follows in-place updates (optimizer steps, ``load_state_dict``) and moves."""
         weight = self.weight
-        if torch.is_grad_enabled() and weight.requires_grad:
+        if torch.is_grad_enabled():
             return None
-        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device, weight.shape)
+        key = (
+            weight.data_ptr(),
+            weight._version,
+            weight.dtype,
+            weight.device,
+            weight.shape,
+            torch.is_inference_mode_enabled(),
+        )
         if self._weight_matrix_cache is None or self._weight_matrix_cache[0] != key:
             self._weight_matrix_cache = (key, _weight_matrix(weight.detach()))
         return self._weight_matrix_cache[1]
