@@ -37,7 +37,7 @@ DEFORM_IMPLS = ("auto", "gather", "grid_sample", "torchvision", "detectron2")
 # Samples are gathered and multiplied in chunks of cells whose sampled block stays below this
 # size: large temporary blocks are served by fresh mmap pages (glibc's threshold is 32 MiB),
 # whose page faults cost as much as the gather itself at P5 with a 7x7 kernel.
-_CHUNK_BYTES = 8 << 20
+_CHUNK_BYTES = 16 << 20
 
 
 def _detectron2_cuda_available() -> bool:
@@ -72,50 +72,49 @@ def _check_inputs(x: Tensor, offset: Tensor, weight: Tensor, padding: int) -> No
         )
 
 
-def _sample_positions(offset: Tensor, k: int, padding: int) -> Tuple[Tensor, Tensor]:
-    """Absolute sampling rows/cols (N, Ho, Wo, k*k) in input pixels, tap-minor order.
+def _sample_positions(offset: Tensor, k: int, padding: int) -> Tensor:
+    """Absolute sampling positions (N, Ho, Wo, k*k, 2) as (row, col) in input pixels.
 
     Tap m = a*k + b of output cell (i, j) samples at
-    (i - padding + a + dy_m, j - padding + b + dx_m)
-    (``deform_conv2d``'s convention: stride 1, dilation 1).
+    (i - padding + a + dy_m, j - padding + b + dx_m) (``deform_conv2d``'s convention: stride 1,
+    dilation 1). One addition on the offsets, so the positions round exactly as torchvision's.
     """
     n, _, ho, wo = offset.shape
     taps = k * k
-    off = offset.view(n, taps, 2, ho, wo).permute(0, 3, 4, 1, 2)  # (N, Ho, Wo, L, 2)
     kernel = torch.arange(k, device=offset.device, dtype=offset.dtype) - padding
     rows = torch.arange(ho, device=offset.device, dtype=offset.dtype)
     cols = torch.arange(wo, device=offset.device, dtype=offset.dtype)
     base_y = rows.view(ho, 1, 1) + kernel.repeat_interleave(k).view(1, 1, taps)
     base_x = cols.view(1, wo, 1) + kernel.repeat(k).view(1, 1, taps)
-    return off[..., 0] + base_y, off[..., 1] + base_x
+    base = torch.stack(torch.broadcast_tensors(base_y, base_x), dim=-1)  # (Ho, Wo, L, 2)
+    return offset.view(n, taps, 2, ho, wo).permute(0, 3, 4, 1, 2) + base
 
 
-def _bilinear_corners(y: Tensor, x: Tensor, height: int, width: int) -> Tuple[Tensor, Tensor]:
-    """Row indices (M, 4) into the (N*H*W, C) input and bilinear weights (M, 4).
+def _bilinear_corners(positions: Tensor, height: int, width: int) -> Tuple[Tensor, Tensor]:
+    """Row indices (M, 4) into the (N*H*W, C) input and bilinear weights (M, 4) of positions
+    (N, ..., 2); corners ordered (y0x0, y0x1, y1x0, y1x1).
 
     Corners outside the map get weight 0 (and a clamped, valid index), so the sample equals
     ``deform_conv2d``'s: out-of-bounds corners contribute 0, in value and in gradient. The
-    weights are differentiable w.r.t. ``y`` and ``x`` (the offsets); floor() has zero gradient.
+    weights are differentiable w.r.t. the positions (the offsets); floor() has zero gradient.
+    Both axes are processed together (few, large elementwise ops: each op is a parallel region,
+    whose synchronisation dominates on a loaded machine).
     """
-    y0 = torch.floor(y)
-    x0 = torch.floor(x)
-    ly = y - y0
-    lx = x - x0
-    valid_y = torch.stack([(y0 >= 0) & (y0 <= height - 1), (y0 >= -1) & (y0 <= height - 2)], -1)
-    valid_x = torch.stack([(x0 >= 0) & (x0 <= width - 1), (x0 >= -1) & (x0 <= width - 2)], -1)
-    wy = torch.stack([1 - ly, ly], -1) * valid_y
-    wx = torch.stack([1 - lx, lx], -1) * valid_x
-    weights = (wy.unsqueeze(-1) * wx.unsqueeze(-2)).reshape(-1, 4)
+    low = torch.floor(positions.detach())
+    frac = positions - low
+    corners = torch.stack((low, low + 1), dim=-1)  # (N, ..., 2 axes, 2 corners)
+    limit = torch.tensor([height - 1, width - 1], device=low.device, dtype=low.dtype).view(2, 1)
+    clamped = torch.clamp(corners, torch.zeros_like(limit), limit)
+    weights = torch.stack((1 - frac, frac), dim=-1) * (clamped == corners)
+    weights = weights[..., 0, :, None] * weights[..., 1, None, :]  # (N, ..., 2, 2)
 
-    y0 = y0.detach()
-    x0 = x0.detach()
-    iy = torch.stack([y0, y0 + 1], -1).clamp_(0, height - 1).long() * width
-    ix = torch.stack([x0, x0 + 1], -1).clamp_(0, width - 1).long()
-    n = y.shape[0]
-    image_start = torch.arange(n, device=y.device).mul_(height * width)
-    image_start = image_start.view(n, *([1] * (iy.dim() - 1)))
-    index = (iy + image_start).unsqueeze(-1) + ix.unsqueeze(-2)
-    return index.reshape(-1, 4), weights
+    index = clamped.long()
+    index = index[..., 0, :, None] * width + index[..., 1, None, :]
+    n = positions.shape[0]
+    if n > 1:
+        image_start = torch.arange(n, device=index.device).mul_(height * width)
+        index = index + image_start.view(n, *([1] * (index.dim() - 1)))
+    return index.reshape(-1, 4), weights.reshape(-1, 4)
 
 
 def _weight_matrix(weight: Tensor) -> Tensor:
@@ -152,8 +151,7 @@ def deform_conv2d_gather(
     taps = k * k
     ho, wo = offset.shape[-2:]
 
-    y, xs = _sample_positions(offset, k, padding)
-    index, bilinear = _bilinear_corners(y, xs, h, w)
+    index, bilinear = _bilinear_corners(_sample_positions(offset, k, padding), h, w)
     rows = x.permute(0, 2, 3, 1).contiguous().view(n * h * w, c)
     if weight_matrix is None:
         weight_matrix = _weight_matrix(weight)
@@ -191,9 +189,10 @@ def deform_conv2d_grid_sample(x: Tensor, offset: Tensor, weight: Tensor, padding
     taps = k * k
     ho, wo = offset.shape[-2:]
 
-    y, xs = _sample_positions(offset, k, padding)
+    positions = _sample_positions(offset, k, padding)
     # Padded frame: index 0 and H+1 are the zero border; align_corners=True maps -1..1 to 0..H+1.
-    grid = torch.stack([(xs + 1) * (2.0 / (w + 1)) - 1, (y + 1) * (2.0 / (h + 1)) - 1], -1)
+    scale = torch.tensor([2.0 / (h + 1), 2.0 / (w + 1)], device=x.device, dtype=positions.dtype)
+    grid = ((positions + 1) * scale - 1).flip(-1)  # grid_sample wants (x, y)
     padded = F.pad(x, (1, 1, 1, 1)).contiguous(memory_format=torch.channels_last)
     samples = F.grid_sample(
         padded, grid.view(n, ho * wo, taps, 2), "bilinear", "zeros", align_corners=True
