@@ -21,3 +21,18 @@ def df2_demo_dir() -> Path:
 def _seed_and_threads():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _loggers_propagate():
+    """Let caplog see project and Detectron2 log records in every test.
+
+    ``setup_logger`` (called by ``train_net.setup`` and ``default_setup`` in some tests) turns off
+    propagation of the "kgdet", "detectron2", "dfa" and "fvcore" loggers, which would hide their
+    records from pytest's root-logger capture in all later tests of the same process.
+    """
+    import logging
+
+    for name in ("kgdet", "detectron2", "d2", "dfa", "fvcore"):
+        logging.getLogger(name).propagate = True
+    yield
