@@ -34,8 +34,8 @@ from detectron2.engine import DefaultPredictor
 from detectron2.utils.logger import setup_logger
 
 import kgdet
-from kgdet.evaluation.file_io import write_atomic, write_json_atomic
 from kgdet.evaluation.garment_visualizer import GarmentVisualizer
+from kgdet.file_io import write_atomic, write_json_atomic
 
 logger = logging.getLogger("kgdet.demo")
 
@@ -191,7 +191,6 @@ def run_demo(args: argparse.Namespace) -> Tuple[int, int]:
         write_atomic(
             out_path,
             lambda tmp: _imwrite(tmp, np.ascontiguousarray(drawn.get_image()[:, :, ::-1])),
-            suffix=".jpg",
         )
         records.append(
             {

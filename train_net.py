@@ -12,12 +12,16 @@ metadata by ``kgdet.evaluation.build_kgdet_evaluator``, and the optimizer clips 
 norm of the whole model jointly (``kgdet.solver``, KGDET_SPEC §9).
 """
 
+import logging
+import os
+from collections import OrderedDict
+
 import detectron2.engine.defaults as d2_defaults
 import detectron2.utils.comm as comm
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, hooks, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils.logger import setup_logger
 
@@ -25,6 +29,7 @@ import kgdet  # registers the meta-architecture, backbone and datasets
 from kgdet.data import KGDetDatasetMapper
 from kgdet.evaluation import build_kgdet_evaluator
 from kgdet.solver import build_optimizer
+from kgdet.tta import KGDetWithTTA
 
 
 def _create_ddp_model(model, **kwargs):
@@ -71,6 +76,20 @@ class Trainer(DefaultTrainer):
     def build_optimizer(cls, cfg, model):
         return build_optimizer(cfg, model)
 
+    @classmethod
+    def test_with_TTA(cls, cfg, model):
+        """Evaluate with image-level test-time augmentation (TEST.AUG: sizes and flip)."""
+        logging.getLogger("kgdet").info("Running inference with test-time augmentation ...")
+        model = KGDetWithTTA(cfg, model)
+        evaluators = [
+            cls.build_evaluator(
+                cfg, name, output_folder=os.path.join(cfg.OUTPUT_DIR, "inference_TTA", name)
+            )
+            for name in cfg.DATASETS.TEST
+        ]
+        res = cls.test(cfg, model, evaluators)
+        return OrderedDict({k + "_TTA": v for k, v in res.items()})
+
 
 def setup(args):
     """Config from file and command line, Detectron2's default setup, and the "kgdet" logger."""
@@ -93,12 +112,18 @@ def main(args):
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         res = Trainer.test(cfg, model)
+        if cfg.TEST.AUG.ENABLED:
+            res.update(Trainer.test_with_TTA(cfg, model))
         if comm.is_main_process():
             verify_results(cfg, res)
         return res
 
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
+    if cfg.TEST.AUG.ENABLED:
+        trainer.register_hooks(
+            [hooks.EvalHook(0, lambda: trainer.test_with_TTA(cfg, trainer.model))]
+        )
     return trainer.train()
 
 

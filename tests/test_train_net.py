@@ -90,6 +90,19 @@ def test_train_then_evaluate_then_resume(trained):
     assert "bbox" in results and "AP" in results["bbox"]
     assert any(task.startswith("keypoints") for task in results), list(results)
 
+    # TEST.AUG.ENABLED adds the flip-TTA evaluation (kgdet.tta) under "*_TTA" keys.
+    args = default_argument_parser().parse_args(
+        [
+            "--config-file", str(REPO / "configs" / "kgdet_synth.yaml"), "--eval-only",
+            *TINY_OPTS, *datasets, "OUTPUT_DIR", str(out),
+            "MODEL.WEIGHTS", str(out / "model_final.pth"),
+            "TEST.AUG.ENABLED", "True", "TEST.AUG.MIN_SIZES", "(128,)", "TEST.AUG.MAX_SIZE", "128",
+        ]
+    )  # fmt: skip
+    results = train_net.main(args)
+    assert "bbox" in results and "bbox_TTA" in results
+    assert (out / "inference_TTA" / VAL_SET).is_dir()
+
     # --resume continues from the last checkpoint (iteration 2) to MAX_ITER 3.
     args = default_argument_parser().parse_args(
         [

@@ -33,8 +33,8 @@ from detectron2.utils.logger import setup_logger
 
 import kgdet
 from kgdet.data import KGDetDatasetMapper
-from kgdet.evaluation.file_io import write_atomic
 from kgdet.evaluation.garment_visualizer import GarmentVisualizer
+from kgdet.file_io import write_atomic
 
 logger = logging.getLogger("kgdet.visualize_data")
 
@@ -142,9 +142,7 @@ def run(args: argparse.Namespace) -> int:
             name = f"{stem}_{n}.jpg"
         used.add(name)
         bgr = np.ascontiguousarray(drawn[:, :, ::-1])
-        write_atomic(
-            os.path.join(args.output_dir, name), lambda tmp: cv2.imwrite(tmp, bgr), suffix=".jpg"
-        )
+        write_atomic(os.path.join(args.output_dir, name), lambda tmp: cv2.imwrite(tmp, bgr))
         written += 1
     if skipped:
         logger.warning(f"Skipped {len(skipped)} of {len(records)} records: {', '.join(skipped)}")

@@ -13,7 +13,6 @@ import torch
 
 from detectron2.config import configurable
 from detectron2.data import (
-    DatasetCatalog,
     MetadataCatalog,
     build_detection_test_loader,
     build_detection_train_loader,

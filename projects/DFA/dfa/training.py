@@ -18,7 +18,6 @@ interrupted stage resumes from its last periodic checkpoint (``stage{k}/checkpoi
 import logging
 import os
 import shutil
-import tempfile
 from typing import Dict, List, Optional
 import torch
 
@@ -28,6 +27,8 @@ from detectron2.engine.defaults import default_writers
 from detectron2.modeling import build_model
 from detectron2.solver import build_lr_scheduler
 from detectron2.solver.build import maybe_add_gradient_clipping
+
+from kgdet.file_io import write_atomic
 
 from .data import build_dfa_garment_loader, build_dfa_train_loader, load_train_garments
 from .network import load_vgg16_imagenet, warm_start_from
@@ -69,15 +70,7 @@ def final_checkpoint_path(output_dir: str, stage: int) -> str:
 
 
 def _atomic_torch_save(obj, path: str) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 def require_stage_artifacts(output_dir: str, stage: int) -> None:

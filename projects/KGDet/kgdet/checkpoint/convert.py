@@ -39,7 +39,7 @@ from collections import OrderedDict
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 
-from ..evaluation.file_io import write_atomic
+from ..file_io import write_atomic
 
 __all__ = [
     "OfficialCheckpointError",
@@ -266,5 +266,5 @@ def save_converted_checkpoint(state_dict: Mapping[str, torch.Tensor], path: str)
         def _write(tmp):
             torch.save(data, tmp)
 
-    write_atomic(path, _write, suffix=os.path.splitext(path)[1] or ".pth")
+    write_atomic(path, _write)
     logger.info(f"Saved {len(state_dict)} converted tensors to {path}")

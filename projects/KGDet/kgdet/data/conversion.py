@@ -6,15 +6,15 @@ Errors skip the record; warnings keep it. Outputs are written to a temporary fil
 folder and moved into place with ``os.replace``, so a failed run never leaves a partial file.
 """
 
-import contextlib
 import math
 import os
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
-from typing import IO, Any, Iterator, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 from PIL import Image, UnidentifiedImageError
+
+from ..file_io import atomic_output
 
 __all__ = [
     "ConversionIssue",
@@ -111,31 +111,6 @@ class ConversionSummary:
 def report_path_for(output: str) -> str:
     """``dir/name.json`` -> ``dir/name.report.txt``."""
     return os.path.splitext(output)[0] + ".report.txt"
-
-
-@contextlib.contextmanager
-def atomic_output(path: str, mode: str = "w") -> Iterator[IO]:
-    """Open a temporary file next to ``path``; move it to ``path`` only if the block succeeds."""
-    path = os.path.abspath(path)
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"output {path} is a directory; expected a file path")
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        encoding = None if "b" in mode else "utf-8"
-        with os.fdopen(fd, mode, encoding=encoding) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def read_image_size(path: str) -> Tuple[int, int, Optional[int]]:

@@ -16,6 +16,14 @@ __all__ = ["build_kgdet_evaluator"]
 logger = logging.getLogger(__name__)
 
 
+def _model_predicts_keypoints(cfg: CfgNode) -> bool:
+    """False for the RepPoints baseline (learned points, no keypoint branch): no keypoint AP."""
+    kgdet_cfg = cfg.MODEL.get("KGDET", None)
+    if kgdet_cfg is None:
+        return True
+    return kgdet_cfg.POINTS != "learned" or kgdet_cfg.KEYPOINT_BRANCH
+
+
 def build_kgdet_evaluator(
     cfg: CfgNode, dataset_name: str, output_dir: Optional[str] = None
 ) -> DatasetEvaluator:
@@ -37,7 +45,7 @@ def build_kgdet_evaluator(
         output_dir = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
     use_fast_impl = not cfg.TEST.OFFICIAL_COCO_EVAL
     if evaluator_type in ("deepfashion2", "coco"):
-        has_keypoints = bool(meta.get("keypoint_names", None))
+        has_keypoints = bool(meta.get("keypoint_names", None)) and _model_predicts_keypoints(cfg)
         return DeepFashion2Evaluator(
             dataset_name,
             tasks=("bbox", "keypoints") if has_keypoints else ("bbox",),

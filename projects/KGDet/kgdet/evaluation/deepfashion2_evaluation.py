@@ -43,7 +43,7 @@ from detectron2.evaluation import COCOEvaluator
 from detectron2.evaluation import coco_evaluation as d2_coco_evaluation
 from detectron2.structures import Instances
 
-from .file_io import write_json_atomic
+from ..file_io import write_json_atomic
 from .submission import write_deepfashion2_submission
 
 __all__ = [

@@ -40,7 +40,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.structures import Boxes, BoxMode, pairwise_iou
 
-from .file_io import write_json_atomic
+from ..file_io import write_json_atomic
 from .fld_metrics import PDL_THRESHOLDS, fld_metrics
 
 __all__ = ["FLDEvaluator", "match_detections_to_garments"]

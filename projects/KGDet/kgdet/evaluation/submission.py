@@ -17,7 +17,7 @@ import logging
 import os
 from typing import Dict, List, Sequence
 
-from .file_io import write_json_atomic
+from ..file_io import write_json_atomic
 
 __all__ = ["SUBMISSION_FILES", "to_submission_records", "write_deepfashion2_submission"]
 

@@ -213,7 +213,7 @@ class KGDetHead(nn.Module):
         }
 
     def _init_weights(self, prior_prob: float) -> None:
-        """N(0, 0.01²) weights and zero biases everywhere; class-logit bias from the prior; λ (§2.4)."""
+        """N(0, 0.01²) weights, zero biases, class-logit bias from the prior, λ = 0 (§2.4)."""
         for module in self.modules():
             if isinstance(module, (nn.Conv2d, KGDeformConv)):
                 nn.init.normal_(module.weight, std=0.01)
