@@ -171,3 +171,17 @@ def test_cuda_paths_match_detectron2():
         torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4, msg=impl)
         for got, expected in zip(grads, ref_grads):
             torch.testing.assert_close(got, expected, atol=1e-3, rtol=1e-3, msg=impl)
+
+
+def test_nan_offsets_give_nan_output_not_an_index_error():
+    """A diverged run must reach the trainer's non-finite-loss check, not crash in the gather."""
+    from kgdet.modeling.deform_conv import KGDeformConv
+
+    conv = KGDeformConv(4, 3, kernel_size=3, padding=1, impl="gather")
+    x = torch.randn(1, 4, 5, 6)
+    offset = torch.zeros(1, 18, 5, 6)
+    offset[0, 0, 2, 3] = float("nan")
+    out = conv(x, offset)
+    assert out.shape == (1, 3, 5, 6)
+    assert torch.isnan(out[0, :, 2, 3]).all()
+    assert torch.isfinite(out[0, :, 0, 0]).all()

@@ -108,7 +108,9 @@ def _bilinear_corners(positions: Tensor, height: int, width: int) -> Tuple[Tenso
     weights = torch.stack((1 - frac, frac), dim=-1) * (clamped == corners)
     weights = weights[..., 0, :, None] * weights[..., 1, None, :]  # (N, ..., 2, 2)
 
-    index = clamped.long()
+    # NaN offsets (a diverged run) keep NaN weights, so the output and the loss become NaN and
+    # the trainer names the non-finite loss term; their indices must still be valid.
+    index = torch.nan_to_num(clamped, nan=0.0).long()
     index = index[..., 0, :, None] * width + index[..., 1, None, :]
     n = positions.shape[0]
     if n > 1:
