@@ -508,10 +508,62 @@ def _stats(times: List[float]) -> Dict[str, float]:
     }
 
 
-def _round_robin(workers: List[Worker], cmd: str, rounds: int) -> Dict[str, List[float]]:
+def _cpu_busy_fraction(interval: float = 0.5) -> Optional[float]:
+    """Fraction of all CPUs busy during ``interval`` seconds (/proc/stat; None elsewhere).
+    Called while the workers wait for a command, so it measures the other processes."""
+
+    def sample():
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        return values[3] + values[4], sum(values)  # idle + iowait, total
+
+    try:
+        idle0, total0 = sample()
+        time.sleep(interval)
+        idle1, total1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    return 1.0 - (idle1 - idle0) / max(total1 - total0, 1)
+
+
+class IdleGate:
+    """Before each timed run, wait (within a total budget) until other processes leave the CPU
+    mostly idle, and record how busy it was: a shared 2-core machine otherwise times the
+    neighbours as much as the model."""
+
+    def __init__(self, budget_s: float, max_busy: float = 0.15):
+        self.budget_s = budget_s
+        self.max_busy = max_busy
+        self.waited_s = 0.0
+        self.busy: List[float] = []
+
+    def wait(self) -> None:
+        busy = _cpu_busy_fraction()
+        while busy is not None and busy > self.max_busy and self.waited_s < self.budget_s:
+            time.sleep(2.0)
+            self.waited_s += 2.5
+            busy = _cpu_busy_fraction()
+        if busy is not None:
+            self.busy.append(round(busy, 3))
+
+    def summary(self) -> Dict:
+        busy = self.busy or [float("nan")]
+        return {
+            "budget_s": self.budget_s,
+            "waited_s": round(self.waited_s, 1),
+            "max_busy_wanted": self.max_busy,
+            "busy_before_runs_median": round(float(np.median(busy)), 3),
+            "busy_before_runs_max": round(float(np.max(busy)), 3),
+        }
+
+
+def _round_robin(
+    workers: List[Worker], cmd: str, rounds: int, gate: IdleGate
+) -> Dict[str, List[float]]:
     times: Dict[str, List[float]] = {w.name: [] for w in workers}
     for _ in range(rounds):
         for w in workers:
+            gate.wait()
             times[w.name] += w.call(cmd, runs=1)["times_ms"]
     return times
 
@@ -546,6 +598,7 @@ def compute_ratios(results: Dict[str, Dict]) -> Dict[str, float]:
 def run_benchmark(args: argparse.Namespace) -> Dict:
     names = ["kgdet"] + [b for b in BASELINES if b in args.baselines]
     load_before = os.getloadavg()
+    gate = IdleGate(args.quiet_wait)
     results: Dict[str, Dict] = {}
     with tempfile.TemporaryDirectory(prefix="kgdet_bench_") as log_dir:
         workers: List[Worker] = []
@@ -566,6 +619,7 @@ def run_benchmark(args: argparse.Namespace) -> Dict:
             backbone = {w.name: [] for w in workers}
             for _ in range(args.runs):
                 for w in workers:  # total then backbone of the same model back to back
+                    gate.wait()
                     infer[w.name] += w.call("infer", runs=1)["times_ms"]
                     backbone[w.name] += w.call("backbone", runs=1)["times_ms"]
             for w in workers:
@@ -577,7 +631,7 @@ def run_benchmark(args: argparse.Namespace) -> Dict:
                 print(f"[benchmark] training: 1 warm-up + {args.train_runs} steps each", flush=True)
                 for w in workers:
                     w.call("train", runs=1)
-                train = _round_robin(workers, "train", args.train_runs)
+                train = _round_robin(workers, "train", args.train_runs, gate)
                 for w in workers:
                     results[w.name]["train_step"] = _stats(train[w.name])
                     results[w.name]["peak_rss_training_mb"] = w.call("rss")["max_rss_mb"]
@@ -606,6 +660,7 @@ def run_benchmark(args: argparse.Namespace) -> Dict:
             "logical_cpus": os.cpu_count(),
             "load_average_before": [round(x, 2) for x in load_before],
             "load_average_after": [round(x, 2) for x in os.getloadavg()],
+            "cpu_busy_by_others": gate.summary(),
             "torch": torch.__version__,
             "python": platform.python_version(),
         },
@@ -724,12 +779,19 @@ def format_report(report: Dict) -> str:
             f"{targets['kgdet_paper_gflops']:.2f} ({rel:+.1%}; target within 3%: {ok})"
         )
     machine = report["machine"]
+    busy = machine.get("cpu_busy_by_others", {})
+    busy_text = ""
+    if busy.get("busy_before_runs_median") == busy.get("busy_before_runs_median"):  # not NaN
+        busy_text = (
+            f"; CPU busy with other processes just before the timed runs: median "
+            f"{busy['busy_before_runs_median']:.0%}, max {busy['busy_before_runs_max']:.0%}"
+        )
     lines.append(
         f"Machine: {machine['cpu']}, {machine['logical_cpus']} logical CPUs, "
         f"{report['threads']} torch threads, device {report['device']}; load average "
-        f"before {machine['load_average_before']}, after {machine['load_average_after']}; "
-        f"torch {machine['torch']}. Random-init models, batch 1; latency = median "
-        "(min–max)."
+        f"before {machine['load_average_before']}, after {machine['load_average_after']}"
+        f"{busy_text}; torch {machine['torch']}. Random-init models, batch 1; latency = "
+        "median (min–max)."
     )
     return "\n".join(lines)
 
@@ -766,6 +828,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="input for FLOPs (the paper's 3x1280x800)",
     )
     parser.add_argument("--skip-flops", action="store_true")
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="total time allowed for waiting, before timed runs, until other processes leave "
+        "the CPU idle (shared machines); the CPU share they used is reported either way",
+    )
     parser.add_argument(
         "--baselines",
         nargs="*",
