@@ -27,13 +27,12 @@ from typing import Dict, List, Sequence, Tuple
 import cv2
 import tqdm
 
-from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.engine import DefaultPredictor
 from detectron2.utils.logger import setup_logger
 
-import kgdet
+from kgdet import get_kgdet_cfg  # importing kgdet registers the model and datasets
 from kgdet.evaluation.garment_visualizer import GarmentVisualizer
 from kgdet.file_io import write_atomic, write_json_atomic
 
@@ -90,10 +89,7 @@ def parse_args(argv: Sequence[str] = None) -> argparse.Namespace:
 
 
 def setup_cfg(args: argparse.Namespace):
-    cfg = get_cfg()
-    kgdet.add_kgdet_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = get_kgdet_cfg(args.config_file, args.opts)
     cfg.MODEL.KGDET.SCORE_THRESH_TEST = args.confidence_threshold
     cfg.freeze()
     return cfg

@@ -19,13 +19,12 @@ from collections import OrderedDict
 import detectron2.engine.defaults as d2_defaults
 import detectron2.utils.comm as comm
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, hooks, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils.logger import setup_logger
 
-import kgdet  # registers the meta-architecture, backbone and datasets
+from kgdet import get_kgdet_cfg  # importing kgdet registers the model, backbone and datasets
 from kgdet.data import KGDetDatasetMapper
 from kgdet.evaluation import build_kgdet_evaluator
 from kgdet.solver import build_optimizer
@@ -93,10 +92,7 @@ class Trainer(DefaultTrainer):
 
 def setup(args):
     """Config from file and command line, Detectron2's default setup, and the "kgdet" logger."""
-    cfg = get_cfg()
-    kgdet.add_kgdet_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = get_kgdet_cfg(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="kgdet")

@@ -54,14 +54,9 @@ logger = logging.getLogger("kgdet.benchmark")
 # ------------------------------------------------------------------------------------------------
 def build_kgdet_cfg(config_file: str, opts: Sequence[str] = (), device: str = "cpu"):
     """KGDet yacs config with random init (MODEL.WEIGHTS "") on ``device``."""
-    from detectron2.config import get_cfg
+    from kgdet import get_kgdet_cfg
 
-    from kgdet import add_kgdet_config
-
-    cfg = get_cfg()
-    add_kgdet_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
+    cfg = get_kgdet_cfg(config_file, opts)
     cfg.MODEL.WEIGHTS = ""
     cfg.MODEL.DEVICE = device
     cfg.freeze()

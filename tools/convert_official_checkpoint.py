@@ -18,11 +18,10 @@ import sys
 from typing import Dict, Optional, Sequence
 import torch
 
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 
-import kgdet
+from kgdet import get_kgdet_cfg
 from kgdet.checkpoint import (
     OfficialCheckpointError,
     convert_official_state_dict,
@@ -63,10 +62,7 @@ def parse_args(argv: Sequence[str] = None) -> argparse.Namespace:
 
 
 def setup_cfg(config_file: str, opts: Sequence[str] = ()):
-    cfg = get_cfg()
-    kgdet.add_kgdet_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
+    cfg = get_kgdet_cfg(config_file, opts)
     cfg.MODEL.WEIGHTS = ""
     cfg.MODEL.DEVICE = "cpu"
     return cfg

@@ -25,13 +25,12 @@ import cv2
 import torch
 import tqdm
 
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.structures import BoxMode
 from detectron2.utils.logger import setup_logger
 
-import kgdet
+from kgdet import get_kgdet_cfg
 from kgdet.data import KGDetDatasetMapper
 from kgdet.evaluation.garment_visualizer import GarmentVisualizer
 from kgdet.file_io import write_atomic
@@ -62,10 +61,7 @@ def parse_args(argv: Sequence[str] = None) -> argparse.Namespace:
 
 
 def setup_cfg(args: argparse.Namespace):
-    cfg = get_cfg()
-    kgdet.add_kgdet_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = get_kgdet_cfg(args.config_file, args.opts)
     if args.dataset:
         cfg.DATASETS.TRAIN = (args.dataset,)
     if not cfg.DATASETS.TRAIN:

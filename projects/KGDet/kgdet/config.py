@@ -2,9 +2,26 @@
 
 Test-time keys follow RetinaNet's naming (``*_TEST``), as the issue asks.
 """
-from detectron2.config import CfgNode as CN
 
-__all__ = ["add_kgdet_config"]
+from typing import Sequence
+
+from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
+
+__all__ = ["add_kgdet_config", "get_kgdet_cfg"]
+
+
+def get_kgdet_cfg(config_file: str, opts: Sequence[str] = ()) -> CN:
+    """Detectron2's defaults + the KGDet keys, then ``config_file``, then ``KEY VALUE`` overrides.
+
+    The one place scripts (train_net, demo, tools) build a config, so every script accepts the
+    same files and overrides.
+    """
+    cfg = get_cfg()
+    add_kgdet_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    return cfg
 
 
 def add_kgdet_config(cfg: CN) -> None:
