@@ -10,13 +10,14 @@ import math
 import os
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from PIL import Image, UnidentifiedImageError
 
 from ..file_io import atomic_output
 
 __all__ = [
+    "coco_categories",
     "ConversionIssue",
     "ConversionReport",
     "ConversionSummary",
@@ -111,6 +112,23 @@ class ConversionSummary:
 def report_path_for(output: str) -> str:
     """``dir/name.json`` -> ``dir/name.report.txt``."""
     return os.path.splitext(output)[0] + ".report.txt"
+
+
+def coco_categories(
+    class_names: Sequence[str], keypoint_names: Sequence[str]
+) -> List[Dict[str, Any]]:
+    """COCO-style category records (ids from 1) that all share one global keypoint list, the way
+    the official DeepFashion2 files write them."""
+    return [
+        {
+            "id": i + 1,
+            "name": name,
+            "supercategory": "clothes",
+            "keypoints": list(keypoint_names),
+            "skeleton": [],
+        }
+        for i, name in enumerate(class_names)
+    ]
 
 
 def read_image_size(path: str) -> Tuple[int, int, Optional[int]]:

@@ -44,6 +44,7 @@ from .conversion import (
     ConversionReport,
     ConversionSummary,
     atomic_output,
+    coco_categories,
     exif_transposes,
     is_int,
     is_number,
@@ -73,16 +74,7 @@ _SKIP = "image skipped"
 
 def deepfashion2_categories() -> List[Dict[str, Any]]:
     """The 13 category records of the official COCO-style files."""
-    return [
-        {
-            "id": i + 1,
-            "name": name,
-            "supercategory": "clothes",
-            "keypoints": list(DF2_KEYPOINT_NAMES),
-            "skeleton": [],
-        }
-        for i, name in enumerate(DF2_CLASS_NAMES)
-    ]
+    return coco_categories(DF2_CLASS_NAMES, DF2_KEYPOINT_NAMES)
 
 
 def _short(value: Any, limit: int = 60) -> str:

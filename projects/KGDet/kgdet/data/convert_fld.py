@@ -27,6 +27,7 @@ from .conversion import (
     ConversionReport,
     ConversionSummary,
     atomic_output,
+    coco_categories,
     exif_transposes,
     read_image_size,
     report_path_for,
@@ -62,16 +63,8 @@ _SKIP = "image skipped"
 
 
 def fld_categories() -> List[Dict[str, Any]]:
-    return [
-        {
-            "id": i + 1,
-            "name": name,
-            "supercategory": "clothes",
-            "keypoints": list(FLD_KEYPOINT_NAMES),
-            "skeleton": [],
-        }
-        for i, name in enumerate(FLD_CLASS_NAMES)
-    ]
+    """The 3 FLD clothing types as COCO-style category records (8 shared keypoints)."""
+    return coco_categories(FLD_CLASS_NAMES, FLD_KEYPOINT_NAMES)
 
 
 def read_fld_list(
