@@ -19,7 +19,7 @@ FLD_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "fld"
 @pytest.fixture
 def restore_paths():
     """Built-in metadata paths follow the loaded root; put them back after the test."""
-    names = ["deepfashion2_val", "deepfashion2_test", "fld_val"]
+    names = ["deepfashion2_val", "deepfashion2_test", "fld_val", "deepfashion2_demo"]
     saved = {
         n: {k: MetadataCatalog.get(n).get(k) for k in ("json_file", "image_root")} for n in names
     }
@@ -62,6 +62,24 @@ def test_deepfashion2_val_from_env_root(df2_demo_dir, tmp_path, monkeypatch, res
     assert meta.image_root == str(val / "image")
     assert meta.thing_classes == DF2_CLASS_NAMES
     assert meta.thing_dataset_id_to_contiguous_id == {i: i - 1 for i in range(1, 14)}
+
+
+def test_deepfashion2_demo_read_in_place_from_env(
+    df2_demo_dir, tmp_path, monkeypatch, restore_paths
+):
+    monkeypatch.setenv("KGDET_DF2_DEMO", str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match="annotations.json.*KGDET_DF2_DEMO"):
+        DatasetCatalog.get("deepfashion2_demo")
+
+    monkeypatch.setenv("KGDET_DF2_DEMO", str(df2_demo_dir))
+    records = DatasetCatalog.get("deepfashion2_demo")
+    assert len(records) == 32
+    assert sum(len(r["annotations"]) for r in records) == 55
+    assert all(r["file_name"].startswith(str(df2_demo_dir / "image")) for r in records)
+    meta = MetadataCatalog.get("deepfashion2_demo")
+    assert meta.evaluator_type == "deepfashion2"
+    assert len(meta.keypoint_names) == 294
+    assert meta.json_file == str(df2_demo_dir / "annotations.json")
 
 
 def test_deepfashion2_test_image_list(df2_demo_dir, tmp_path, monkeypatch, restore_paths):

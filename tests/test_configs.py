@@ -49,6 +49,7 @@ def test_expected_configs_exist():
         "kgdet_fld_R50.yaml",
         "kgdet_synth.yaml",
         "reppoints_synth.yaml",
+        "kgdet_df2_demo.yaml",
     }
     assert expected <= set(KGDET_CONFIGS)
 

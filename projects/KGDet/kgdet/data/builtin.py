@@ -8,6 +8,8 @@ Layout (see ``datasets/README.md``):
 * ``deepfashion2_test``:  ``deepfashion2/test/image/`` (image list only; image id = file number)
 * ``fld_{train,val,test}``: ``fld/`` (the released ``img/`` folder) and
   ``fld/annotations/fld_{split}.json`` written by ``datasets/prepare_fld.py``
+* ``deepfashion2_demo``: a DeepFashion2-format folder ``{image/, annotations.json}`` (e.g. a
+  small subset for fitting tests) whose path is read from ``$KGDET_DF2_DEMO`` at load time;
 * the synthetic sets of :mod:`kgdet.data.synthetic`.
 
 Unlike Detectron2's own ``builtin.py`` the dataset root is read when a dataset is *loaded*, so
@@ -29,6 +31,7 @@ from .synthetic import register_synthetic_datasets
 __all__ = [
     "register_all_deepfashion2",
     "register_all_fld",
+    "register_deepfashion2_demo",
     "register_all_builtin_datasets",
     "load_deepfashion2_image_list",
 ]
@@ -47,11 +50,17 @@ _DEEPFASHION2_TEST = ("deepfashion2_test", "deepfashion2/test/image")
 _FLD_SPLITS = {
     f"fld_{s}": ("fld", f"fld/annotations/fld_{s}.json") for s in ("train", "val", "test")
 }
+_DEEPFASHION2_DEMO = ("deepfashion2_demo", "image", "annotations.json")
+DF2_DEMO_ENV = "KGDET_DF2_DEMO"
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
 def _datasets_root() -> str:
     return os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
+
+
+def _df2_demo_root() -> str:
+    return os.path.expanduser(os.getenv(DF2_DEMO_ENV, os.path.join(_datasets_root(), "df2_demo")))
 
 
 def _follow_loaded_paths(name: str, **paths: str) -> None:
@@ -74,24 +83,26 @@ def _register_lazy_json(
     root: Optional[str],
     load_fn: Callable[[str, str, str], List[Dict[str, Any]]],
     metadata: Dict[str, Any],
+    root_fn: Callable[[], str] = _datasets_root,
+    root_name: str = "$DETECTRON2_DATASETS",
 ) -> None:
     if name in DatasetCatalog:
         return
 
     def load() -> List[Dict[str, Any]]:
-        base = root if root is not None else _datasets_root()
+        base = root if root is not None else root_fn()
         json_file, image_root = os.path.join(base, json_rel), os.path.join(base, image_rel)
         if not os.path.isfile(json_file):
             raise FileNotFoundError(
                 f"Dataset '{name}': annotation file {json_file} not found. Expected "
-                f"<datasets root>/{json_rel} with images in <datasets root>/{image_rel}, where the "
-                f"datasets root is $DETECTRON2_DATASETS (now {base!r}); see datasets/README.md."
+                f"<root>/{json_rel} with images in <root>/{image_rel}, where the root is "
+                f"{root_name} (now {base!r}); see datasets/README.md."
             )
         _follow_loaded_paths(name, json_file=json_file, image_root=image_root)
         return load_fn(json_file, image_root, name)
 
     DatasetCatalog.register(name, load)
-    base = root if root is not None else _datasets_root()
+    base = root if root is not None else root_fn()
     MetadataCatalog.get(name).set(
         json_file=os.path.join(base, json_rel), image_root=os.path.join(base, image_rel), **metadata
     )
@@ -156,6 +167,23 @@ def register_all_deepfashion2(root: Optional[str] = None) -> None:
     _register_deepfashion2_test(root)
 
 
+def register_deepfashion2_demo(root: Optional[str] = None) -> None:
+    """Register ``deepfashion2_demo`` (DeepFashion2 metadata and evaluator) from a folder with
+    ``annotations.json`` and ``image/``; ``root=None`` reads ``$KGDET_DF2_DEMO`` at load time
+    (default ``<$DETECTRON2_DATASETS>/df2_demo``). Nothing is copied."""
+    name, image_rel, json_rel = _DEEPFASHION2_DEMO
+    _register_lazy_json(
+        name,
+        image_rel,
+        json_rel,
+        root,
+        load_deepfashion2_json,
+        get_deepfashion2_metadata(),
+        root_fn=_df2_demo_root,
+        root_name=f"${DF2_DEMO_ENV}",
+    )
+
+
 def register_all_fld(root: Optional[str] = None) -> None:
     """Register ``fld_{train,val,test}``; ``root=None`` reads $DETECTRON2_DATASETS at load."""
     for name, (image_rel, json_rel) in _FLD_SPLITS.items():
@@ -165,6 +193,7 @@ def register_all_fld(root: Optional[str] = None) -> None:
 def register_all_builtin_datasets() -> None:
     """DeepFashion2, FLD and the synthetic datasets (idempotent)."""
     register_all_deepfashion2()
+    register_deepfashion2_demo()
     register_all_fld()
     register_synthetic_datasets()
 
