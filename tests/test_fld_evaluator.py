@@ -237,3 +237,7 @@ def test_build_kgdet_evaluator_for_fld(fld_dataset, tmp_path):
     res = evaluator.evaluate()
     assert res["bbox"]["AP"] == pytest.approx(100.0)
     assert res["fld"]["NE"] == pytest.approx(0.7 / 8)
+    assert evaluator._evaluators[1]._visible_only is True
+
+    cfg.TEST.FLD_VISIBLE_ONLY = False
+    assert build_kgdet_evaluator(cfg, name)._evaluators[1]._visible_only is False

@@ -113,5 +113,8 @@ def add_kgdet_config(cfg: CN) -> None:
     _C.TEST.KEYPOINT_GT_VARIANT = "vis_occ"
     # Use pycocotools (official) instead of Detectron2's fast C++ COCO eval.
     _C.TEST.OFFICIAL_COCO_EVAL = True
+    # FLD NE/PDL over visible landmarks only (True, the DFA paper's protocol) or visible and
+    # occluded ones (False).
+    _C.TEST.FLD_VISIBLE_ONLY = True
     # Write DeepFashion2 submission files (bbox and keypoint results) during --eval-only.
     _C.TEST.WRITE_SUBMISSION = False

@@ -63,7 +63,11 @@ def build_kgdet_evaluator(
                     output_dir=output_dir,
                     use_fast_impl=use_fast_impl,
                 ),
-                FLDEvaluator(dataset_name, output_dir=output_dir),
+                FLDEvaluator(
+                    dataset_name,
+                    output_dir=output_dir,
+                    visible_only=cfg.TEST.FLD_VISIBLE_ONLY,
+                ),
             ]
         )
     raise ValueError(
