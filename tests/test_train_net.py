@@ -162,6 +162,31 @@ def test_solver_rejects_two_clippings_and_can_be_disabled():
     assert type(optimizer) is torch.optim.SGD
 
 
+def test_solver_adamw_option():
+    cfg = get_cfg()
+    kgdet.add_kgdet_config(cfg)
+    model = nn.Sequential(nn.Linear(3, 4), nn.GroupNorm(2, 4))
+    cfg.SOLVER.OPTIMIZER = "ADAMW"
+    cfg.SOLVER.BASE_LR = 0.001
+    cfg.SOLVER.WEIGHT_DECAY = 0.05
+    cfg.SOLVER.WEIGHT_DECAY_NORM = 0.0
+    optimizer = build_optimizer(cfg, model)
+    assert isinstance(optimizer, torch.optim.AdamW)
+    # Detectron2's parameter groups: no decay on the GroupNorm parameters.
+    decays = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    assert decays[id(model[0].weight)] == 0.05 and decays[id(model[1].weight)] == 0.0
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 100.0)
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer.step()  # the joint clipping still applies before AdamW's update
+    total = torch.norm(torch.stack([p.grad.norm() for p in model.parameters()]))
+    assert abs(total.item() - 35.0) < 1e-3
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    cfg.SOLVER.OPTIMIZER = "LAMB"
+    with pytest.raises(ValueError, match="SOLVER.OPTIMIZER must be 'SGD' or 'ADAMW'"):
+        build_optimizer(cfg, model)
+
+
 def test_two_cpu_processes(tmp_path):
     """``--num-gpus 2`` on CPU: Detectron2's launch with gloo and DDP without unused parameters."""
     env = dict(os.environ)

@@ -107,6 +107,9 @@ def add_kgdet_config(cfg: CN) -> None:
     # ---- solver ----------------------------------------------------------------------------
     # Clip the L2 norm of all gradients jointly (official: 35). 0 disables it.
     _C.SOLVER.CLIP_GRADIENTS_FULL_MODEL_NORM = 35.0
+    # "SGD" (official, uses SOLVER.MOMENTUM / NESTEROV) or "ADAMW" (for short from-scratch CPU
+    # schedules; SOLVER.WEIGHT_DECAY is then AdamW's decoupled decay).
+    _C.SOLVER.OPTIMIZER = "SGD"
 
     # ---- evaluation ------------------------------------------------------------------------
     # Keypoint GT variant for DF2 keypoint AP: "vis_occ" (v > 0, official converter) or "vis".
