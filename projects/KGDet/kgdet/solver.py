@@ -1,7 +1,8 @@
 """Optimizer of the official schedule: SGD with gradient clipping over the whole model.
 
-``SOLVER.OPTIMIZER "ADAMW"`` swaps SGD for AdamW (same parameter groups), which converges much
-faster in the few hundred iterations a from-scratch CPU run affords (configs/kgdet_synth.yaml).
+``SOLVER.OPTIMIZER "ADAMW"`` swaps SGD for AdamW (same parameter groups) for short from-scratch
+CPU runs: on the synthetic set its loss falls faster early on, and after 600 iterations it gave
+box AP 7.1 against SGD's 6.1 (README, "Results"); the committed configs keep SGD.
 
 KGDET_SPEC §9: the L2 norm of **all** gradients is clipped jointly to 35. Detectron2's
 ``SOLVER.CLIP_GRADIENTS`` (CLIP_TYPE "norm") clips each parameter separately, so this module wraps
