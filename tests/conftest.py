@@ -1,4 +1,5 @@
 """Shared pytest fixtures: paths to the shared demo data, and CPU-only determinism."""
+
 from pathlib import Path
 import pytest
 import torch

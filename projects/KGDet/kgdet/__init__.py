@@ -1,4 +1,5 @@
 """KGDet: keypoint-guided clothing detection for Detectron2. Importing it registers everything."""
+
 from .config import add_kgdet_config, get_kgdet_cfg
 from . import data  # registers the built-in datasets (lazily)
 from . import modeling  # registers the KGDet meta-architecture
