@@ -292,3 +292,51 @@ def test_crop_mapper_flip_and_image_mapper_rows(tmp_path):
     out = mapper(image_dict)
     assert out["crops"].shape == (2, 3, 32, 32) and out["boxes"].shape == (2, 4)
     assert mapper.num_degenerate == 1
+
+
+# ---- per-type cascades ---------------------------------------------------------------------------
+def test_per_type_cascades_predict_only_their_landmarks():
+    model = build_model(tiny_cfg(**{"MODEL.DFA.PER_TYPE_CASCADES": True})).eval()
+    assert [c.slots for c in model.cascades] == [sorted(s) for s in FLD_CLASS_SLOTS]
+    # 12 / 8 / 16 position outputs (upper / lower / full body), heatmaps of their own landmarks
+    assert [c.networks["stage1"].position_head.out_features for c in model.cascades] == [12, 8, 16]
+    assert [c.networks["stage2"].trunk[0].in_channels for c in model.cascades] == [9, 7, 11]
+    for cascade in model.cascades:
+        with torch.no_grad():
+            cascade.networks["stage1"].position_head.weight.zero_()
+            cascade.networks["stage1"].position_head.bias.fill_(0.1)
+    crops = torch.randint(0, 255, (3, 3, 32, 32), dtype=torch.uint8)
+    outs = model.run_cascade(crops, 3, categories=[1, 0, 2])
+    lower = outs[0]["landmarks"][0]  # slots 4-7 predicted, the rest untouched
+    assert torch.allclose(lower[4:], torch.full((4, 2), 0.1))
+    assert lower[:4].abs().sum() == 0
+    assert outs[0]["landmarks"][1][[4, 5]].abs().sum() == 0  # upper: no waistlines
+    assert torch.allclose(outs[0]["landmarks"][2], torch.full((8, 2), 0.1))
+    assert outs[2]["routing"].shape == (3,)
+    # The cascade follows the clothing type given with the boxes (GT type or detector class).
+    image = torch.randint(0, 255, (3, 60, 80), dtype=torch.uint8)
+    boxes = torch.tensor([[10.0, 5.0, 50.0, 55.0], [0.0, 0.0, 80.0, 60.0]])
+    res = model([{"image": image, "boxes": boxes, "classes": torch.tensor([1, 2])}])[0]
+    assert res["aligned_keypoints"].shape == (2, L, 2)
+    centre = torch.tensor([30.0, 30.0])  # box 0's centre: undefined slots stay there
+    assert torch.allclose(res["aligned_keypoints"][0, :4], centre.expand(4, 2))
+    with pytest.raises(KeyError, match="classes"):
+        model([{"image": image, "boxes": boxes}])
+    with pytest.raises(ValueError, match="clothing type 5"):
+        model([{"image": image, "boxes": boxes, "classes": torch.tensor([5, 0])}])
+
+
+def test_per_type_training_touches_only_the_garments_cascades():
+    model = build_model(tiny_cfg(**{"MODEL.DFA.PER_TYPE_CASCADES": True})).train()
+    for index, cascade in enumerate(model.cascades):
+        model.set_centres(1, torch.randn_like(cascade.centres_1), cascade=index)
+    batch = crop_batch(4)
+    for item, category in zip(batch, [0, 2, 2, 0]):
+        item["category"] = category
+    with EventStorage(0):
+        losses = model(batch)
+    sum(losses.values()).backward()
+    touched = [
+        any(p.grad is not None for p in c.networks["stage1"].parameters()) for c in model.cascades
+    ]
+    assert touched == [True, False, True]

@@ -10,23 +10,49 @@ import logging
 import os
 from typing import Dict, List, Optional
 
-from detectron2.evaluation import inference_on_dataset
+from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators, inference_on_dataset
 
 from .data import build_dfa_test_loader
 
-__all__ = ["evaluate_dfa", "format_stage_table"]
+__all__ = ["RoutingShareEvaluator", "evaluate_dfa", "format_stage_table"]
 
 logger = logging.getLogger(__name__)
+
+
+class RoutingShareEvaluator(DatasetEvaluator):
+    """Shares of the garments that stage 3's auto-routing sends to each branch (percent)."""
+
+    def reset(self):
+        self._easy = self._total = 0
+
+    def process(self, inputs, outputs):
+        for out in outputs:
+            if "routing" in out:
+                self._easy += int(out["routing"].sum())
+                self._total += int(out["routing"].numel())
+
+    def evaluate(self):
+        if not self._total:
+            return {}
+        easy = 100.0 * self._easy / self._total
+        logger.info(f"DFA routing: branch 1 {easy:.1f}%, branch 2 {100 - easy:.1f}% of garments")
+        return {"routing": {"N": float(self._total), "branch1": easy, "branch2": 100.0 - easy}}
 
 
 def evaluate_dfa(
     cfg, model, dataset_name: str, output_dir: Optional[str] = None, batch_size: int = 4
 ) -> Dict[str, Dict[str, float]]:
-    """FLDEvaluator results of ``model`` (all its ``test_stages``) on ``dataset_name``."""
+    """FLDEvaluator results of ``model`` (all its ``test_stages``) on ``dataset_name``, plus
+    ``routing`` (branch shares in percent) when stage 3 runs."""
     from kgdet.evaluation import FLDEvaluator  # the shared NE/PDL implementation (TEAM.md)
 
     loader = build_dfa_test_loader(cfg, dataset_name, batch_size=batch_size)
-    evaluator = FLDEvaluator(dataset_name, distributed=False, output_dir=output_dir)
+    evaluator = DatasetEvaluators(
+        [
+            FLDEvaluator(dataset_name, distributed=False, output_dir=output_dir),
+            RoutingShareEvaluator(),
+        ]
+    )
     return inference_on_dataset(model, loader, evaluator)
 
 
@@ -68,4 +94,11 @@ def format_stage_table(results: Dict[str, Dict[str, float]], dataset_name: str =
         variation_columns = [c for v in variations for c in (v, v + "_long") if c in first]
         lines += ["", "NE per variation type:", ""]
         lines += _table(results, stage_keys, variation_columns)
+    if "routing" in results:
+        r = results["routing"]
+        lines += [
+            "",
+            f"Stage-3 auto-routing on {dataset_name}: branch 1 {r['branch1']:.1f}%, "
+            f"branch 2 {r['branch2']:.1f}% of {int(r['N'])} garments",
+        ]
     return os.linesep.join(lines)
