@@ -186,7 +186,9 @@ def test_vgg16_config_builds_on_cpu(capsys, monkeypatch):
     cfg.MODEL.WEIGHTS = ""
     model = build_model(cfg)
     assert sorted(model.cascades[0].networks) == ["stage1", "stage2", "stage3_easy", "stage3_hard"]
-    counts = {n: sum(p.numel() for p in net.parameters()) for n, net in model.cascades[0].networks.items()}
+    counts = {
+        n: sum(p.numel() for p in net.parameters()) for n, net in model.cascades[0].networks.items()
+    }
     total = sum(counts.values())
     with capsys.disabled():
         print(

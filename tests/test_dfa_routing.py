@@ -19,8 +19,8 @@ from dfa.pseudo_labels import (
     pseudo_labels,
     route,
     routing_labels,
-    routing_threshold_from_training,
     routing_shares,
+    routing_threshold_from_training,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -121,9 +121,7 @@ def test_train_all_stages_resume_and_evaluate_per_stage(tiny_fld):
         assert os.path.isfile(final_checkpoint_path(cfg.OUTPUT_DIR, stage))
         info = torch.load(centres_path(cfg.OUTPUT_DIR, stage))
         assert info["stage"] == stage and info["cascades"][0]["centres"].shape[0] == 3
-    assert torch.load(centres_path(cfg.OUTPUT_DIR, 2))["cascades"][0]["cluster_error"].shape == (
-        3,
-    )
+    assert torch.load(centres_path(cfg.OUTPUT_DIR, 2))["cascades"][0]["cluster_error"].shape == (3,)
     stage3 = torch.load(centres_path(cfg.OUTPUT_DIR, 3))["cascades"][0]
     assert "routing_threshold" in stage3
     assert 0.05 <= stage3["train_easy_fraction"] <= 0.95

@@ -126,8 +126,9 @@ def simulate(
     eps_c = float(torch.quantile(soft[train], share))
     results[f"soft, eps = q{share:.2f} (calibrated)"] = stats("calibrated", soft, eps_c)
     hard = expected_error(routing_labels(logits, temperature, 0.0), cluster_error)
-    assert torch.equal(route(routing_labels(logits, temperature, 0.0), cluster_error, 0.3)[test],
-                       hard[test] < 0.3)
+    assert torch.equal(
+        route(routing_labels(logits, temperature, 0.0), cluster_error, 0.3)[test], hard[test] < 0.3
+    )
     results["true error"] = stats("true", errors, threshold)
     results["_meta"] = {
         "err_p10": float(torch.quantile(errors, 0.1)),
@@ -151,8 +152,10 @@ def main():
             f"\nlabel noise {noise}: true error p10 {meta['err_p10']:.3f}, p90 "
             f"{meta['err_p90']:.3f}, true share < 0.3: {100 * meta['true_easy_share']:.1f}%"
         )
-        print("| routing | eps | G p10..p90 | branch 1 share | err br.1 | err br.2 | rank corr "
-              "| AUC | bal. acc |")
+        print(
+            "| routing | eps | G p10..p90 | branch 1 share | err br.1 | err br.2 | rank corr "
+            "| AUC | bal. acc |"
+        )
         print("|---|---|---|---|---|---|---|---|---|")
         for name, r in res.items():
             print(

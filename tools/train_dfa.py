@@ -29,7 +29,7 @@ from detectron2.utils.logger import setup_logger
 import kgdet  # noqa: F401  registers the FLD-format datasets (fld_*, dfa_synth_*)
 from dfa import add_dfa_config, train_all_stages
 from dfa.evaluation import evaluate_dfa, format_stage_table
-from dfa.training import check_stage_chain, final_checkpoint_path
+from dfa.training import final_checkpoint_path, last_consistent_stage
 
 logger = logging.getLogger("dfa.train_dfa")
 
@@ -59,8 +59,12 @@ def trained_cascade(cfg):
             raise FileNotFoundError(
                 f"no trained DFA stage in {cfg.OUTPUT_DIR} (stage*/model_final.pth); train first"
             )
-        path = final_checkpoint_path(cfg.OUTPUT_DIR, max(trained))
-        check_stage_chain(cfg.OUTPUT_DIR, max(trained))
+        last, stale = last_consistent_stage(cfg.OUTPUT_DIR, max(trained))
+        if stale is not None:
+            if last == 0:
+                raise stale
+            logger.warning(f"Evaluating stages 1..{last} only: {stale}")
+        path = final_checkpoint_path(cfg.OUTPUT_DIR, last)
     DetectionCheckpointer(model).load(path)
     flags = model.stage_trained.tolist()
     model.test_stages = next((i for i, ok in enumerate(flags) if not ok), len(flags))

@@ -262,9 +262,7 @@ class DFAImageMapper:
                 )
             boxes.append(box)
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-        crops = [
-            crop_box(image, b, self.crop_size, self.box_expand, self.crop_mode) for b in boxes
-        ]
+        crops = [crop_box(image, b, self.crop_size, self.box_expand, self.crop_mode) for b in boxes]
         channels = image.shape[2] if image.ndim == 3 else 1
         crops = (
             np.stack(crops)

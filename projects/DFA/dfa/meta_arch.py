@@ -407,9 +407,7 @@ class DFA(nn.Module):
             raise KeyError("DFA inference input needs 'boxes' and either 'crops' or 'image'")
         image = np.ascontiguousarray(item["image"].permute(1, 2, 0).cpu().numpy())
         boxes = item["boxes"].cpu().numpy().reshape(-1, 4)
-        crops = [
-            crop_box(image, b, self.crop_size, self.box_expand, self.crop_mode) for b in boxes
-        ]
+        crops = [crop_box(image, b, self.crop_size, self.box_expand, self.crop_mode) for b in boxes]
         if not crops:
             return torch.zeros(
                 (0, image.shape[2], self.crop_size, self.crop_size), dtype=torch.uint8

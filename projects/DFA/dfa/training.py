@@ -60,6 +60,7 @@ __all__ = [
     "StaleStageError",
     "file_fingerprint",
     "check_stage_chain",
+    "last_consistent_stage",
     "check_training_config",
     "build_dfa_model",
     "build_dfa_optimizer",
@@ -120,12 +121,14 @@ def file_fingerprint(path: str) -> str:
     return digest.hexdigest()
 
 
-def _built_on(paths: List[str]) -> Dict[str, str]:
-    """{file name relative to OUTPUT_DIR's parent layout: fingerprint} of existing files."""
-    return {p: file_fingerprint(p) for p in paths}
+def _built_on(output_dir: str, paths: List[str]) -> Dict[str, str]:
+    """{path relative to ``output_dir``: fingerprint} of the files (so OUTPUT_DIR may move)."""
+    return {os.path.relpath(p, output_dir): file_fingerprint(p) for p in paths}
 
 
-def _check_built_on(path: str, built_on: Optional[Dict[str, str]], what: str) -> None:
+def _check_built_on(
+    output_dir: str, path: str, built_on: Optional[Dict[str, str]], what: str
+) -> None:
     """Raise StaleStageError if a recorded fingerprint differs from its file on disk."""
     if built_on is None:
         raise StaleStageError(
@@ -133,7 +136,8 @@ def _check_built_on(path: str, built_on: Optional[Dict[str, str]], what: str) ->
             f"version?); cannot check that it matches {what}. Retrain from this stage "
             f"(tools/train_dfa.py --restart --stages ...)."
         )
-    for source, recorded in built_on.items():
+    for relative, recorded in built_on.items():
+        source = os.path.join(output_dir, relative)
         current = file_fingerprint(source) if os.path.isfile(source) else "missing"
         if current != recorded:
             raise StaleStageError(
@@ -163,11 +167,25 @@ def check_stage_chain(output_dir: str, last_stage: int) -> None:
         if stage > 1 and os.path.isfile(centres_path(output_dir, stage)):
             info = torch.load(centres_path(output_dir, stage), map_location="cpu")
             _check_built_on(
-                centres_path(output_dir, stage), info.get("built_on"), "the previous stage"
+                output_dir,
+                centres_path(output_dir, stage),
+                info.get("built_on"),
+                "the previous stage",
             )
         if os.path.isfile(final):
             built_on = torch.load(final, map_location="cpu").get("built_on")
-            _check_built_on(final, built_on, "the earlier stage and its centres")
+            _check_built_on(output_dir, final, built_on, "the earlier stage and its centres")
+
+
+def last_consistent_stage(output_dir: str, last_stage: int):
+    """The largest k <= ``last_stage`` whose stages 1..k pass :func:`check_stage_chain`, and
+    the StaleStageError of stage k + 1 (None if every stage is consistent)."""
+    for stage in range(1, last_stage + 1):
+        try:
+            check_stage_chain(output_dir, stage)
+        except StaleStageError as error:
+            return stage - 1, error
+    return last_stage, None
 
 
 def check_training_config(cfg) -> None:
@@ -387,12 +405,12 @@ def prepare_stage(
     sources = [final_checkpoint_path(output_dir, stage - 1)] if stage > 1 else []
     if reuse_centres and os.path.isfile(path):
         info = torch.load(path, map_location="cpu")
-        _check_built_on(path, info.get("built_on"), "the previous stage")
+        _check_built_on(output_dir, path, info.get("built_on"), "the previous stage")
         logger.info(f"DFA stage {stage}: loaded centres from {path}")
     else:
         garments = garments if garments is not None else load_train_garments(cfg)
         info = compute_stage_centres(cfg, model, garments, stage)
-        info["built_on"] = _built_on(sources)
+        info["built_on"] = _built_on(output_dir, sources)
         _atomic_torch_save(info, path)
     _install_centres(model, info)
     return model, garments
@@ -431,16 +449,15 @@ def train_stage(cfg, stage: int, resume: bool = True, garments: Optional[List[Di
     work_dir = stage_dir(output_dir, stage)
     optimizer = build_dfa_optimizer(cfg, model, stage)
     scheduler = build_lr_scheduler(cfg, optimizer)
-    built_on = _built_on(_stage_sources(output_dir, stage))
+    built_on = _built_on(output_dir, _stage_sources(output_dir, stage))
     checkpointer = _FingerprintedCheckpointer(
         model, work_dir, optimizer=optimizer, scheduler=scheduler, built_on=built_on
     )
     start_iter = 0
     if resume and checkpointer.has_checkpoint():
         last = checkpointer.get_checkpoint_file()
-        _check_built_on(
-            last, torch.load(last, map_location="cpu").get("built_on"), "this stage's inputs"
-        )
+        last_state = torch.load(last, map_location="cpu")
+        _check_built_on(output_dir, last, last_state.get("built_on"), "this stage's inputs")
         start_iter = checkpointer.resume_or_load("", resume=True).get("iteration", -1) + 1
         _install_centres(model, torch.load(centres_path(output_dir, stage), map_location="cpu"))
         logger.info(f"DFA stage {stage}: resuming at iteration {start_iter}")
