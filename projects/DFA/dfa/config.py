@@ -30,9 +30,8 @@ def add_dfa_config(cfg: CN) -> None:
     d.SMALL_CNN_CHANNELS = [32, 64, 128, 128]
     # Optional torchvision VGG-16 ImageNet state dict (a local .pth), copied into every network.
     d.PRETRAINED_VGG16 = ""
-    # Training VGG-16 networks without PRETRAINED_VGG16 is refused (the paper fine-tunes from
-    # ImageNet, Appendix B.1; from random weights the VGG-16 cascade trains far worse) unless
-    # this is True.
+    # Training VGG-16 networks without PRETRAINED_VGG16 is refused (the paper fine-tunes
+    # ImageNet-pretrained VGG-16s, §3 "Training") unless this is True (then a warning).
     d.ALLOW_RANDOM_INIT_VGG16 = False
     # One cascade for all clothing types (False) or one per type (True, the authors' setup:
     # upper / lower / full body, each regressing only its own landmarks). The type is the

@@ -191,17 +191,17 @@ def last_consistent_stage(output_dir: str, last_stage: int):
 def check_training_config(cfg) -> None:
     """Refuse configurations that would train silently wrong (DESIGN.md §8).
 
-    VGG-16 networks without ImageNet weights (MODEL.DFA.PRETRAINED_VGG16): the paper fine-tunes
-    every network from ImageNet (§3.3, Appendix B.1); from random weights 4 x 134M parameters
-    train far worse and far slower on FLD's ~100K crops. A ValueError unless
-    MODEL.DFA.ALLOW_RANDOM_INIT_VGG16, which turns it into a warning.
+    VGG-16 networks without ImageNet weights (MODEL.DFA.PRETRAINED_VGG16): the paper pre-trains
+    all its VGG-16s on ImageNet and fine-tunes them (§3, "Training"), so randomly initialised
+    ones are not the paper's model. A ValueError unless MODEL.DFA.ALLOW_RANDOM_INIT_VGG16, which
+    turns it into a warning.
     """
     d = cfg.MODEL.DFA
     if d.BACKBONE == "VGG16" and not d.PRETRAINED_VGG16:
         message = (
             "MODEL.DFA.BACKBONE is VGG16 but MODEL.DFA.PRETRAINED_VGG16 is empty: the networks "
             "would start from random weights, while the paper fine-tunes ImageNet VGG-16s "
-            "(Appendix B.1). Set MODEL.DFA.PRETRAINED_VGG16 to a local torchvision VGG-16 state "
+            "(§3, Training). Set MODEL.DFA.PRETRAINED_VGG16 to a local torchvision VGG-16 state "
             "dict (vgg16-397923af.pth), or MODEL.DFA.ALLOW_RANDOM_INIT_VGG16 True to train from "
             "scratch anyway."
         )
