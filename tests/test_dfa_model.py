@@ -49,7 +49,7 @@ def tiny_cfg(**overrides):
 def ready(model, stages=(1, 2, 3)):
     """Pretend the given stages are trained and their centres set (random centres)."""
     for s in stages:
-        buffer = getattr(model, f"centres_{s}")
+        buffer = getattr(model.cascades[0], f"centres_{s}")
         model.set_centres(s, torch.randn_like(buffer) * 10, cluster_error=torch.rand(K))
         model.stage_trained[s - 1] = True
     return model
@@ -106,7 +106,7 @@ def test_every_stage_output_shapes():
 @pytest.mark.parametrize("stage", [1, 2, 3])
 def test_training_losses_per_stage_touch_only_that_stage(stage):
     model = ready(build_model(tiny_cfg(**{"MODEL.DFA.TRAIN_STAGE": stage}))).train()
-    assert all(not model.networks[f"stage{s}"].training for s in range(1, stage))
+    assert all(not model.cascades[0].networks[f"stage{s}"].training for s in range(1, stage))
     with EventStorage(0):
         losses = model(crop_batch(6))
     assert set(losses) == {"loss_positions", "loss_visibility", "loss_labels"}
@@ -114,7 +114,7 @@ def test_training_losses_per_stage_touch_only_that_stage(stage):
     sum(losses.values()).backward()
     with_grads = {
         name
-        for name, net in model.networks.items()
+        for name, net in model.cascades[0].networks.items()
         if any(p.grad is not None for p in net.parameters())
     }
     if stage < 3:
@@ -138,21 +138,21 @@ def test_stage2_refuses_without_stage1_weights_and_centres():
 def test_routing_sends_garments_to_the_branch_the_threshold_says():
     model = build_model(tiny_cfg()).eval()
     model.set_centres(2, torch.zeros(K, 2 * L), cluster_error=torch.tensor([0.1, 0.1, 0.1, 0.9]))
-    head = model.networks["stage2"].label_head
+    head = model.cascades[0].networks["stage2"].label_head
     with torch.no_grad():
         head.weight.zero_()
         head.bias.copy_(torch.tensor([0.0, 0.0, 0.0, 50.0]))  # f2 ~ one-hot on cluster 3: G = 0.9
     crops = torch.randint(0, 255, (4, 3, 32, 32), dtype=torch.uint8)
     for threshold, easy in ((1.0, True), (0.3, False)):
-        model.routing_threshold.fill_(threshold)
+        model.cascades[0].routing_threshold.fill_(threshold)
         outs = model.run_cascade(crops, 3)
         assert outs[2]["routing"].tolist() == [easy] * 4
         branch = "stage3_easy" if easy else "stage3_hard"
         other = "stage3_hard" if easy else "stage3_easy"
         with torch.no_grad():
-            for net in (model.networks[branch], model.networks[other]):
+            for net in (model.cascades[0].networks[branch], model.cascades[0].networks[other]):
                 net.position_head.bias.copy_(
-                    torch.full((2 * L,), 0.01 if net is model.networks[branch] else 5.0)
+                    torch.full((2 * L,), 0.01 if net is model.cascades[0].networks[branch] else 5.0)
                 )
         outs = model.run_cascade(crops, 3)
         delta = outs[2]["landmarks"] - outs[1]["landmarks"]
@@ -163,9 +163,9 @@ def test_warm_start_copies_previous_stage():
     cfg = tiny_cfg(**{"MODEL.DFA.PREV_INPUT": ["heatmap", "coords"]})
     model = build_model(cfg).eval()
     with torch.no_grad():
-        model.networks["stage1"].position_head.bias.fill_(0.2)
-    warm_start_from(model.networks["stage2"], model.networks["stage1"])
-    s1, s2 = model.networks["stage1"], model.networks["stage2"]
+        model.cascades[0].networks["stage1"].position_head.bias.fill_(0.2)
+    warm_start_from(model.cascades[0].networks["stage2"], model.cascades[0].networks["stage1"])
+    s1, s2 = model.cascades[0].networks["stage1"], model.cascades[0].networks["stage2"]
     assert torch.equal(s2.trunk[0].weight[:, :3], s1.trunk[0].weight)
     assert s2.trunk[0].weight[:, 3:].abs().sum() == 0
     assert s2.position_head.weight.abs().sum() == 0  # offsets start at zero
@@ -185,8 +185,10 @@ def test_vgg16_config_builds_on_cpu(capsys, monkeypatch):
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.WEIGHTS = ""
     model = build_model(cfg)
-    assert sorted(model.networks) == ["stage1", "stage2", "stage3_easy", "stage3_hard"]
-    counts = {n: sum(p.numel() for p in net.parameters()) for n, net in model.networks.items()}
+    assert sorted(model.cascades[0].networks) == ["stage1", "stage2", "stage3_easy", "stage3_hard"]
+    counts = {
+        n: sum(p.numel() for p in net.parameters()) for n, net in model.cascades[0].networks.items()
+    }
     total = sum(counts.values())
     with capsys.disabled():
         print(
@@ -195,7 +197,7 @@ def test_vgg16_config_builds_on_cpu(capsys, monkeypatch):
         )
     # VGG-16 without its 1000-way layer is ~134M parameters; heads and extra inputs add ~0.1M.
     assert all(134_000_000 < c < 135_000_000 for c in counts.values())
-    assert model.networks["stage2"].trunk[0].in_channels == 3 + L
+    assert model.cascades[0].networks["stage2"].trunk[0].in_channels == 3 + L
     assert model.crop_size == 224 and model.num_clusters == 20
 
 
@@ -292,3 +294,51 @@ def test_crop_mapper_flip_and_image_mapper_rows(tmp_path):
     out = mapper(image_dict)
     assert out["crops"].shape == (2, 3, 32, 32) and out["boxes"].shape == (2, 4)
     assert mapper.num_degenerate == 1
+
+
+# ---- per-type cascades ---------------------------------------------------------------------------
+def test_per_type_cascades_predict_only_their_landmarks():
+    model = build_model(tiny_cfg(**{"MODEL.DFA.PER_TYPE_CASCADES": True})).eval()
+    assert [c.slots for c in model.cascades] == [sorted(s) for s in FLD_CLASS_SLOTS]
+    # 12 / 8 / 16 position outputs (upper / lower / full body), heatmaps of their own landmarks
+    assert [c.networks["stage1"].position_head.out_features for c in model.cascades] == [12, 8, 16]
+    assert [c.networks["stage2"].trunk[0].in_channels for c in model.cascades] == [9, 7, 11]
+    for cascade in model.cascades:
+        with torch.no_grad():
+            cascade.networks["stage1"].position_head.weight.zero_()
+            cascade.networks["stage1"].position_head.bias.fill_(0.1)
+    crops = torch.randint(0, 255, (3, 3, 32, 32), dtype=torch.uint8)
+    outs = model.run_cascade(crops, 3, categories=[1, 0, 2])
+    lower = outs[0]["landmarks"][0]  # slots 4-7 predicted, the rest untouched
+    assert torch.allclose(lower[4:], torch.full((4, 2), 0.1))
+    assert lower[:4].abs().sum() == 0
+    assert outs[0]["landmarks"][1][[4, 5]].abs().sum() == 0  # upper: no waistlines
+    assert torch.allclose(outs[0]["landmarks"][2], torch.full((8, 2), 0.1))
+    assert outs[2]["routing"].shape == (3,)
+    # The cascade follows the clothing type given with the boxes (GT type or detector class).
+    image = torch.randint(0, 255, (3, 60, 80), dtype=torch.uint8)
+    boxes = torch.tensor([[10.0, 5.0, 50.0, 55.0], [0.0, 0.0, 80.0, 60.0]])
+    res = model([{"image": image, "boxes": boxes, "classes": torch.tensor([1, 2])}])[0]
+    assert res["aligned_keypoints"].shape == (2, L, 2)
+    centre = torch.tensor([30.0, 30.0])  # box 0's centre: undefined slots stay there
+    assert torch.allclose(res["aligned_keypoints"][0, :4], centre.expand(4, 2))
+    with pytest.raises(KeyError, match="classes"):
+        model([{"image": image, "boxes": boxes}])
+    with pytest.raises(ValueError, match="clothing type 5"):
+        model([{"image": image, "boxes": boxes, "classes": torch.tensor([5, 0])}])
+
+
+def test_per_type_training_touches_only_the_garments_cascades():
+    model = build_model(tiny_cfg(**{"MODEL.DFA.PER_TYPE_CASCADES": True})).train()
+    for index, cascade in enumerate(model.cascades):
+        model.set_centres(1, torch.randn_like(cascade.centres_1), cascade=index)
+    batch = crop_batch(4)
+    for item, category in zip(batch, [0, 2, 2, 0]):
+        item["category"] = category
+    with EventStorage(0):
+        losses = model(batch)
+    sum(losses.values()).backward()
+    touched = [
+        any(p.grad is not None for p in c.networks["stage1"].parameters()) for c in model.cascades
+    ]
+    assert touched == [True, False, True]

@@ -14,7 +14,10 @@ from dfa import DFAPredictor, refine_detections
 from dfa.evaluation import evaluate_dfa, format_stage_table
 from dfa.landmarks import FLD_CLASS_SLOTS
 from dfa.training import (
+    StaleStageError,
     centres_path,
+    check_stage_chain,
+    check_training_config,
     final_checkpoint_path,
     prepare_stage,
     require_stage_artifacts,
@@ -117,11 +120,13 @@ def test_train_all_stages_resume_and_evaluate_per_stage(tiny_fld):
     for stage in (1, 2, 3):
         assert os.path.isfile(final_checkpoint_path(cfg.OUTPUT_DIR, stage))
         info = torch.load(centres_path(cfg.OUTPUT_DIR, stage))
-        assert info["stage"] == stage and info["centres"].shape[0] == 3
-    assert torch.load(centres_path(cfg.OUTPUT_DIR, 2))["cluster_error"].shape == (3,)
-    assert "routing_threshold" in torch.load(centres_path(cfg.OUTPUT_DIR, 3))
+        assert info["stage"] == stage and info["cascades"][0]["centres"].shape[0] == 3
+    assert torch.load(centres_path(cfg.OUTPUT_DIR, 2))["cascades"][0]["cluster_error"].shape == (3,)
+    stage3 = torch.load(centres_path(cfg.OUTPUT_DIR, 3))["cascades"][0]
+    assert "routing_threshold" in stage3
+    assert 0.05 <= stage3["train_easy_fraction"] <= 0.95
     assert os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "model_final.pth"))
-    assert model.stage_trained.all() and model.centres_ready.all()
+    assert model.stage_trained.all() and model.cascades[0].centres_ready.all()
 
     # Re-running skips the finished stages (their checkpoints are not rewritten).
     stamp = os.path.getmtime(final_checkpoint_path(cfg.OUTPUT_DIR, 2))
@@ -132,9 +137,14 @@ def test_train_all_stages_resume_and_evaluate_per_stage(tiny_fld):
     results = evaluate_dfa(cfg, model, NAMES[1])
     assert {"fld", "fld_s1", "fld_s2", "fld_s3"} <= set(results)
     assert results["fld"]["NE"] == pytest.approx(results["fld_s3"]["NE"])
+    assert results["fld_s3"]["NE_long"] <= results["fld_s3"]["NE"] + 1e-9
+    assert results["routing"]["N"] == 8  # 4 images x 2 garments
+    assert results["routing"]["branch1"] + results["routing"]["branch2"] == pytest.approx(100.0)
     table = format_stage_table(results, NAMES[1])
     rows = [line for line in table.splitlines() if line.startswith(("| 1 |", "| 2 |", "| 3 |"))]
     assert len(rows) == 6  # 3 stages x (main table, variation-type table)
+    assert "NE (long side)" in table and "NE (box axes)" in table
+    assert "Stage-3 auto-routing" in table
 
     # The predictor loads the complete cascade and runs it on an image and arbitrary boxes.
     cfg.MODEL.WEIGHTS = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
@@ -156,3 +166,78 @@ def test_train_all_stages_resume_and_evaluate_per_stage(tiny_fld):
         [0, 0, 0, 0, 0.9, 0.9, 0.9, 0.9]
     )
     assert refined.pred_keypoints[1, :, 2].tolist() == pytest.approx([0.4] * 8)
+
+
+def test_retrained_stage1_makes_later_stages_stale(tiny_fld):
+    cfg = _cfg(tiny_fld / "out")
+    train_all_stages(cfg)
+    train_all_stages(cfg)  # consistent files: resuming skips every stage
+    # Retrain stage 1 only (as tools/train_dfa.py --restart --stages 1), then resume.
+    train_all_stages(cfg, stages=[1], resume=False)
+    stage1 = final_checkpoint_path(cfg.OUTPUT_DIR, 1)
+    stage2_centres = centres_path(cfg.OUTPUT_DIR, 2)
+    with pytest.raises(StaleStageError) as error:
+        train_all_stages(cfg)
+    assert stage2_centres in str(error.value) and stage1 in str(error.value)
+    with pytest.raises(StaleStageError):
+        check_stage_chain(cfg.OUTPUT_DIR, 3)
+    # Retraining from stage 2 on makes the chain consistent again.
+    train_all_stages(cfg, stages=[2, 3], resume=False)
+    check_stage_chain(cfg.OUTPUT_DIR, 3)
+
+
+def test_degenerate_routing_refuses_stage3(tiny_fld):
+    cfg = _cfg(tiny_fld / "out")
+    cfg.MODEL.DFA.ROUTING_THRESHOLD_QUANTILE = -1.0
+    cfg.MODEL.DFA.ROUTING_CALIBRATE = False
+    cfg.MODEL.DFA.ROUTING_THRESHOLD = 100.0  # every garment easy
+    train_all_stages(cfg, stages=[1, 2])
+    with pytest.raises(ValueError, match="100.0% of 24 training garments to branch 1"):
+        train_all_stages(cfg, stages=[3])
+    assert not os.path.isfile(final_checkpoint_path(cfg.OUTPUT_DIR, 3))
+    cfg.MODEL.DFA.ROUTING_ALLOW_DEGENERATE = True
+    train_all_stages(cfg, stages=[3])
+
+
+def test_vgg16_without_imagenet_weights_is_refused(caplog):
+    cfg = tiny_cfg(**{"MODEL.DFA.BACKBONE": "VGG16"})
+    with pytest.raises(ValueError, match="PRETRAINED_VGG16 is empty.*ALLOW_RANDOM_INIT_VGG16"):
+        check_training_config(cfg)
+    cfg.MODEL.DFA.ALLOW_RANDOM_INIT_VGG16 = True
+    with caplog.at_level("WARNING"):
+        check_training_config(cfg)
+    assert "random weights" in caplog.text
+    check_training_config(tiny_cfg())  # SmallCNN: nothing to load
+
+
+def test_per_type_cascades_train_evaluate_and_refine_by_class(tiny_fld):
+    cfg = _cfg(tiny_fld / "out")
+    cfg.MODEL.DFA.PER_TYPE_CASCADES = True
+    cfg.MODEL.DFA.NUM_CLUSTERS = 2
+    model = train_all_stages(cfg)
+    info = torch.load(centres_path(cfg.OUTPUT_DIR, 3))
+    assert len(info["cascades"]) == 3
+    # each type's cascade clusters only its own garments, in its own space (4 L_c^2 dims)
+    sizes = [part["num_garments"] for part in info["cascades"]]
+    types = [a["category_id"] for d in DatasetCatalog.get(NAMES[0]) for a in d["annotations"]]
+    assert sizes == [types.count(c) for c in range(3)]
+    assert [tuple(part["centres"].shape) for part in info["cascades"]] == [
+        (2, 144),
+        (2, 64),
+        (2, 256),
+    ]
+    model.eval()
+    results = evaluate_dfa(cfg, model, NAMES[1])
+    assert {"fld_s1", "fld_s2", "fld_s3"} <= set(results)
+    cfg.MODEL.WEIGHTS = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
+    predictor = DFAPredictor(cfg)
+    image = cv2.imread(DatasetCatalog.get(NAMES[1])[0]["file_name"])
+    det = Instances((64, 64))
+    det.pred_boxes = Boxes(torch.tensor([[5.0, 5.0, 40.0, 50.0], [5.0, 5.0, 40.0, 50.0]]))
+    det.scores = torch.tensor([0.9, 0.8])
+    det.pred_classes = torch.tensor([1, 2])
+    refined = refine_detections(predictor, image, det)
+    # same box, different detected classes -> different cascades
+    lower, whole = refined.pred_keypoints[0, :, :2], refined.pred_keypoints[1, :, :2]
+    assert torch.allclose(lower[:4], torch.tensor([22.5, 27.5]).expand(4, 2))  # not predicted
+    assert not torch.allclose(lower[4:], whole[4:])

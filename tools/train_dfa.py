@@ -29,7 +29,7 @@ from detectron2.utils.logger import setup_logger
 import kgdet  # noqa: F401  registers the FLD-format datasets (fld_*, dfa_synth_*)
 from dfa import add_dfa_config, train_all_stages
 from dfa.evaluation import evaluate_dfa, format_stage_table
-from dfa.training import final_checkpoint_path
+from dfa.training import StaleStageError, final_checkpoint_path, last_consistent_stage
 
 logger = logging.getLogger("dfa.train_dfa")
 
@@ -38,7 +38,8 @@ def setup(args):
     cfg = get_cfg()
     add_dfa_config(cfg)
     cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    # "--stages 2 3 -- KEY VALUE": argparse keeps the "--" that ends the stage list
+    cfg.merge_from_list(args.opts[1:] if args.opts[:1] == ["--"] else args.opts)
     cfg.freeze()
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, name="dfa", abbrev_name="dfa")
@@ -59,7 +60,12 @@ def trained_cascade(cfg):
             raise FileNotFoundError(
                 f"no trained DFA stage in {cfg.OUTPUT_DIR} (stage*/model_final.pth); train first"
             )
-        path = final_checkpoint_path(cfg.OUTPUT_DIR, max(trained))
+        last, stale = last_consistent_stage(cfg.OUTPUT_DIR, max(trained))
+        if stale is not None:
+            if last == 0:
+                raise stale
+            logger.warning(f"Evaluating stages 1..{last} only: {stale}")
+        path = final_checkpoint_path(cfg.OUTPUT_DIR, last)
     DetectionCheckpointer(model).load(path)
     flags = model.stage_trained.tolist()
     model.test_stages = next((i for i, ok in enumerate(flags) if not ok), len(flags))
@@ -105,7 +111,12 @@ def build_parser():
         epilog="Stages are trained in order; finished stages are skipped (resumable)."
     )
     parser.add_argument(
-        "--stages", type=int, nargs="+", default=None, help="stages to train (default: all)"
+        "--stages",
+        type=int,
+        nargs="+",
+        default=None,
+        help="stages to train (default: all); before config overrides write --stages=1 or "
+        "--stages 2 3 --, as the list would take the overrides",
     )
     parser.add_argument(
         "--num-threads",
@@ -122,4 +133,8 @@ def build_parser():
 
 
 if __name__ == "__main__":
-    sys.exit(main(build_parser().parse_args()))
+    try:
+        sys.exit(main(build_parser().parse_args()))
+    except StaleStageError as error:  # files of different runs: say which, without a traceback
+        print(f"ERROR: {error}", file=sys.stderr)
+        sys.exit(1)

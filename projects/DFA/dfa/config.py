@@ -30,6 +30,14 @@ def add_dfa_config(cfg: CN) -> None:
     d.SMALL_CNN_CHANNELS = [32, 64, 128, 128]
     # Optional torchvision VGG-16 ImageNet state dict (a local .pth), copied into every network.
     d.PRETRAINED_VGG16 = ""
+    # Training VGG-16 networks without PRETRAINED_VGG16 is refused (the paper fine-tunes
+    # ImageNet-pretrained VGG-16s, §3 "Training") unless this is True (then a warning).
+    d.ALLOW_RANDOM_INIT_VGG16 = False
+    # One cascade for all clothing types (False) or one per type (True, the authors' setup:
+    # upper / lower / full body, each regressing only its own landmarks). The type is the
+    # ground-truth type in training and in the GT-box protocol, the detector's class in the
+    # KGDet -> DFA pipeline (DESIGN.md §10).
+    d.PER_TYPE_CASCADES = False
     # Initialise each refiner (stage 2, both stage-3 branches) from the previous stage's network
     # instead of from scratch / ImageNet (DESIGN.md §8); useful without pretrained weights.
     d.INIT_FROM_PREVIOUS_STAGE = False
@@ -39,6 +47,11 @@ def add_dfa_config(cfg: CN) -> None:
     # ---- input -------------------------------------------------------------------------------
     # Square crop side in pixels (paper: 224).
     d.CROP_SIZE = 224
+    # "stretch": the box is resized to CROP_SIZE^2 (aspect ratio lost), landmarks normalised per
+    # axis by the box width and height; "pad": the authors' crop, the long side is resized to
+    # CROP_SIZE and the short side zero-padded to a square, landmarks normalised by the long
+    # side on both axes (DESIGN.md §1).
+    d.CROP_MODE = "stretch"
     # Crop = box scaled by this factor about its centre (1.0: exactly the box, as the paper).
     d.BOX_EXPAND = 1.0
     # How earlier-stage landmarks enter stages 2 and 3: any of "heatmap" (8 Gaussian channels
@@ -70,12 +83,23 @@ def add_dfa_config(cfg: CN) -> None:
     d.KMEANS_N_INIT = 4
     d.KMEANS_SEED = 0
 
-    # ---- routing (stage 3) ---------------------------------------------------------------------
-    # r = 1[G(f2) < eps]; G in normalised box units (L2 norm of the 8x2 offset vector).
+    # ---- routing (stage 3, DESIGN.md §6) ---------------------------------------------------------
+    # r = 1[G(f2) < eps]; G in normalised landmark units (L2 norm of the 8x2 offset vector).
     d.ROUTING_THRESHOLD = 0.3
-    # If in (0, 1): eps is instead this quantile of G over the training set (computed when
-    # stage 3 starts, stored with its centres). -1 = use ROUTING_THRESHOLD.
+    # Temperature of the stage-2 label that G is computed from, in TEMPERATURE's units: -1 = the
+    # predicted soft label itself (T), 0 = hard label (most likely cluster), > 0 re-tempered.
+    d.ROUTING_TEMPERATURE = -1.0
+    # True: eps = the quantile of G over the training garments at the share of training garments
+    # whose true stage-1 error is below ROUTING_THRESHOLD (the soft G ranks garments well but
+    # its range is compressed, so a fixed eps does not split). Computed when stage 3 starts and
+    # stored with its centres.
+    d.ROUTING_CALIBRATE = True
+    # If in (0, 1): eps is instead this quantile of G over the training set (overrides both).
     d.ROUTING_THRESHOLD_QUANTILE = -1.0
+    # Each branch must receive at least this share of the training garments, else stage 3
+    # refuses to train (a branch would stay untrained) unless ROUTING_ALLOW_DEGENERATE.
+    d.ROUTING_MIN_SHARE = 0.05
+    d.ROUTING_ALLOW_DEGENERATE = False
 
     # ---- losses (Eq. 3, 4) -----------------------------------------------------------------------
     # L = L_positions + alpha(t) L_visibility + beta(t) L_labels.

@@ -21,7 +21,13 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import get_detection_dataset_dicts
 from detectron2.structures import BoxMode
 
-from .landmarks import FLD_CLASS_SLOTS, crop_box, garment_targets, normalize_landmarks
+from .landmarks import (
+    FLD_CLASS_SLOTS,
+    crop_box,
+    garment_targets,
+    landmark_frame,
+    normalize_landmarks,
+)
 
 __all__ = [
     "class_slots_of",
@@ -42,6 +48,8 @@ FLD_FLIP_INDICES = [1, 0, 3, 2, 5, 4, 7, 6]
 
 def class_slots_of(dataset_names: List[str]) -> List[List[int]]:
     """Per-class defined landmark slots from the metadata (FLD's table if absent)."""
+    if not dataset_names:
+        return [list(s) for s in FLD_CLASS_SLOTS]
     meta = MetadataCatalog.get(dataset_names[0])
     return [list(s) for s in meta.get("class_keypoint_slots", FLD_CLASS_SLOTS)]
 
@@ -122,7 +130,8 @@ class _ImageCache:
 class DFACropMapper:
     """Garment record -> crop dict for :class:`dfa.DFA` training (or centre computation).
 
-    Output: ``image`` (C, S, S) uint8 crop, ``landmarks`` (L, 2) float32 box units,
+    Output: ``image`` (C, S, S) uint8 crop (``crop_mode`` "stretch" or "pad", see
+    :func:`dfa.landmarks.crop_box`), ``landmarks`` (L, 2) float32 landmark-frame units,
     ``labelled`` (L,) bool, ``visibility`` (L,) int64 (-1 = undefined slot), ``category`` int.
     Training-time augmentation: box jitter, then horizontal flip (slots swapped).
     """
@@ -136,12 +145,14 @@ class DFACropMapper:
         box_expand: float,
         image_format: str,
         flip_indices: List[int],
+        crop_mode: str = "stretch",
         random_flip: bool = False,
         box_jitter: float = 0.0,
         cache_images: bool = False,
     ):
         self.is_train = is_train
         self.crop_size = crop_size
+        self.crop_mode = crop_mode
         self.box_expand = box_expand
         self.flip_indices = np.asarray(flip_indices, dtype=np.int64)
         self.random_flip = random_flip and is_train
@@ -158,6 +169,7 @@ class DFACropMapper:
             "box_expand": d.BOX_EXPAND,
             "image_format": cfg.INPUT.FORMAT,
             "flip_indices": flip_indices_of(names, d.NUM_LANDMARKS),
+            "crop_mode": d.CROP_MODE,
             "random_flip": d.RANDOM_FLIP,
             "box_jitter": d.BOX_JITTER,
             "cache_images": d.CACHE_IMAGES,
@@ -177,10 +189,10 @@ class DFACropMapper:
         box = np.asarray(record["box"], dtype=np.float64)
         if self.box_jitter > 0:
             box = self._jitter(box)
-        crop = crop_box(image, box, self.crop_size, self.box_expand)
+        crop = crop_box(image, box, self.crop_size, self.box_expand, self.crop_mode)
         landmarks = normalize_landmarks(
             torch.as_tensor(record["points"], dtype=torch.float64),
-            torch.as_tensor(box, dtype=torch.float64),
+            landmark_frame(torch.as_tensor(box, dtype=torch.float64), self.crop_mode),
         ).float()
         labelled = torch.as_tensor(record["labelled"], dtype=torch.bool)
         visibility = torch.as_tensor(record["visibility"], dtype=torch.int64)
@@ -201,17 +213,22 @@ class DFACropMapper:
 
 
 class DFAImageMapper:
-    """Image dict -> evaluation input: ``boxes`` (G, 4) XYXY (every annotation, in order) and
-    ``crops`` (G, C, S, S) uint8, plus ``file_name``, ``image_id``, ``height``, ``width``.
+    """Image dict -> evaluation input: ``boxes`` (G, 4) XYXY (every annotation, in order),
+    ``crops`` (G, C, S, S) uint8, ``classes`` (G,) ground-truth clothing types (they select the
+    cascade with per-type cascades: the GT-box protocol), plus ``file_name``, ``image_id``,
+    ``height``, ``width``.
 
     Boxes smaller than 1 pixel are grown to 1 pixel about their centre (counted, logged): the
     evaluator needs one row per annotation.
     """
 
     @configurable
-    def __init__(self, *, crop_size: int, box_expand: float, image_format: str):
+    def __init__(
+        self, *, crop_size: int, box_expand: float, image_format: str, crop_mode: str = "stretch"
+    ):
         self.crop_size = crop_size
         self.box_expand = box_expand
+        self.crop_mode = crop_mode
         self.image_format = image_format
         self.num_degenerate = 0
 
@@ -222,6 +239,7 @@ class DFAImageMapper:
             "crop_size": d.CROP_SIZE,
             "box_expand": d.BOX_EXPAND,
             "image_format": cfg.INPUT.FORMAT,
+            "crop_mode": d.CROP_MODE,
         }
 
     def __call__(self, dataset_dict: Dict) -> Dict:
@@ -230,8 +248,9 @@ class DFAImageMapper:
             utils.read_image(record["file_name"], format=self.image_format)
         )
         utils.check_image_size(record, image)
-        boxes = []
+        boxes, classes = [], []
         for annotation in record.get("annotations", []):
+            classes.append(int(annotation["category_id"]))
             box = BoxMode.convert(
                 list(annotation["bbox"]), annotation["bbox_mode"], BoxMode.XYXY_ABS
             )
@@ -243,7 +262,7 @@ class DFAImageMapper:
                 )
             boxes.append(box)
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-        crops = [crop_box(image, b, self.crop_size, self.box_expand) for b in boxes]
+        crops = [crop_box(image, b, self.crop_size, self.box_expand, self.crop_mode) for b in boxes]
         channels = image.shape[2] if image.ndim == 3 else 1
         crops = (
             np.stack(crops)
@@ -256,6 +275,7 @@ class DFAImageMapper:
             "height": record.get("height", image.shape[0]),
             "width": record.get("width", image.shape[1]),
             "boxes": torch.as_tensor(boxes, dtype=torch.float32),
+            "classes": torch.as_tensor(classes, dtype=torch.int64),
             "crops": torch.as_tensor(np.ascontiguousarray(crops.transpose(0, 3, 1, 2))),
         }
 

@@ -1,10 +1,12 @@
 """Landmark geometry: box normalisation (Appendix B's N), crops, and per-garment targets.
 
 Coordinates follow Detectron2's dataset-dict convention (continuous pixel coordinates, as boxes;
-``load_coco_json`` adds 0.5 to integer keypoint indices). A landmark is normalised to its box
-b = (xc, yc, bw, bh) as ``((x - xc) / bw, (y - yc) / bh)`` (DeepPose normalisation; DESIGN.md §1):
-points on the box border are at +-0.5, and an error of e in these units is the box-normalised
-NE of DATASETS.md §2.8.
+``load_coco_json`` adds 0.5 to integer keypoint indices). A landmark is normalised to its
+*landmark frame* f = (xc, yc, fw, fh) as ``((x - xc) / fw, (y - yc) / fh)`` (DeepPose
+normalisation; DESIGN.md §1). The frame is the box itself for the ``stretch`` crop (points on
+the box border at +-0.5; an error of e is the per-axis box-normalised NE) and the square of side
+max(bw, bh) centred on the box for the authors' ``pad`` crop (both axes divided by the long
+side, the DFA paper's NE).
 """
 
 import logging
@@ -23,6 +25,9 @@ __all__ = [
     "normalize_landmarks",
     "denormalize_landmarks",
     "normalized_to_crop_pixels",
+    "crop_pixels_to_normalized",
+    "CROP_MODES",
+    "landmark_frame",
     "crop_box",
     "sanitize_box",
     "garment_targets",
@@ -35,6 +40,8 @@ FLD_VISIBLE, FLD_OCCLUDED, FLD_TRUNCATED = 0, 1, 2
 # Slots defined per clothing type (Upper, Lower, Whole), DATASETS.md §2.3; used when the dataset
 # metadata has no ``class_keypoint_slots``.
 FLD_CLASS_SLOTS = [[0, 1, 2, 3, 6, 7], [4, 5, 6, 7], [0, 1, 2, 3, 4, 5, 6, 7]]
+# MODEL.DFA.CROP_MODE values: box resized to a square / long side resized + zero padding.
+CROP_MODES = ("stretch", "pad")
 
 
 def _box_centre_size(boxes: torch.Tensor):
@@ -56,8 +63,14 @@ def denormalize_landmarks(normalized: torch.Tensor, boxes: torch.Tensor) -> torc
 
 
 def normalized_to_crop_pixels(normalized: torch.Tensor, crop_size: int, expand: float):
-    """Box units -> continuous pixel coordinates of the crop made by :func:`crop_box`."""
+    """Landmark-frame units -> continuous pixel coordinates of the crop made by :func:`crop_box`
+    (either mode, with the same ``expand``)."""
     return (normalized / expand + 0.5) * crop_size
+
+
+def crop_pixels_to_normalized(pixels: torch.Tensor, crop_size: int, expand: float):
+    """Inverse of :func:`normalized_to_crop_pixels`: crop pixels -> landmark-frame units."""
+    return (pixels / crop_size - 0.5) * expand
 
 
 def sanitize_box(box: Sequence[float], min_size: float = 1.0) -> np.ndarray:
@@ -68,14 +81,50 @@ def sanitize_box(box: Sequence[float], min_size: float = 1.0) -> np.ndarray:
     return np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dtype=np.float64)
 
 
-def crop_box(image: np.ndarray, box: Sequence[float], size: int, expand: float = 1.0):
+def _check_mode(mode: str) -> None:
+    if mode not in CROP_MODES:
+        raise ValueError(f"MODEL.DFA.CROP_MODE must be one of {CROP_MODES}, got {mode!r}")
+
+
+def landmark_frame(boxes: torch.Tensor, mode: str = "stretch") -> torch.Tensor:
+    """The box landmarks are normalised to: boxes (..., 4) XYXY -> frames (..., 4) XYXY.
+
+    ``stretch``: the box itself; ``pad``: the square of side max(width, height) with the box's
+    centre (the region the authors' padded crop shows). Works on tensors and numpy arrays.
+    """
+    _check_mode(mode)
+    if mode == "stretch":
+        return boxes
+    centre = (boxes[..., :2] + boxes[..., 2:]) / 2
+    size = boxes[..., 2:] - boxes[..., :2]
+    if isinstance(boxes, np.ndarray):
+        half = np.maximum(size[..., :1], size[..., 1:]) / 2
+        return np.concatenate([centre - half, centre + half], axis=-1)
+    half = torch.maximum(size[..., :1], size[..., 1:]) / 2
+    return torch.cat([centre - half, centre + half], dim=-1)
+
+
+def crop_box(
+    image: np.ndarray,
+    box: Sequence[float],
+    size: int,
+    expand: float = 1.0,
+    mode: str = "stretch",
+):
     """Bilinear crop of ``box`` (XYXY, continuous pixels) scaled by ``expand``, resized to a
     ``size`` x ``size`` image (HWC, same dtype); outside the image is filled with 0.
+
+    ``mode`` "stretch" resizes the (expanded) box to the square; "pad" (the authors' crop)
+    resizes its long side to ``size`` keeping the aspect ratio, centred, and fills the rest of
+    the square with 0 (pixels whose centre is outside the expanded box). In both modes crop
+    pixel (u, v) = (N(l; frame) / expand + 0.5) * size for a landmark l, with the frame of
+    :func:`landmark_frame` (:func:`normalized_to_crop_pixels`).
 
     The only crop implementation: training, evaluation and the predictor all use it, so the
     network never sees two kinds of resampling.
     """
-    x1, y1, x2, y2 = sanitize_box(box)
+    _check_mode(mode)
+    x1, y1, x2, y2 = landmark_frame(sanitize_box(box), mode)
     cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
     w, h = (x2 - x1) * expand, (y2 - y1) * expand
     sx, sy = size / w, size / h
@@ -93,6 +142,13 @@ def crop_box(image: np.ndarray, box: Sequence[float], size: int, expand: float =
     )
     if out.ndim == 2:
         out = out[:, :, None]
+    if mode == "pad":
+        bx1, by1, bx2, by2 = sanitize_box(box)
+        bw, bh = (bx2 - bx1) * expand * sx, (by2 - by1) * expand * sy  # box extent in the crop
+        centres = np.arange(size) + 0.5
+        keep_x = np.abs(centres - size / 2) <= bw / 2
+        keep_y = np.abs(centres - size / 2) <= bh / 2
+        out = out * (keep_y[:, None, None] & keep_x[None, :, None]).astype(out.dtype)
     return out
 
 

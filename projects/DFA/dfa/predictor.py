@@ -19,7 +19,8 @@ class DFAPredictor:
     ``predictor(image, boxes)``: image (H, W, C) uint8 in cfg.INPUT.FORMAT, boxes (G, 4) XYXY in
     its pixels -> dict with ``aligned_keypoints`` (G, L, 2) pixels, ``aligned_keypoints_per_stage``,
     ``landmark_visibility`` (G, L, 3) probabilities (visible, occluded, truncated) and, with
-    stage 3, ``routing``.
+    stage 3, ``routing``. ``classes`` (G,) clothing types select the cascade of each box with
+    per-type cascades (MODEL.DFA.PER_TYPE_CASCADES) and are ignored otherwise.
     """
 
     def __init__(self, cfg):
@@ -30,7 +31,7 @@ class DFAPredictor:
             DetectionCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
 
     @torch.no_grad()
-    def __call__(self, image: np.ndarray, boxes) -> Dict[str, torch.Tensor]:
+    def __call__(self, image: np.ndarray, boxes, classes=None) -> Dict[str, torch.Tensor]:
         if image.ndim != 3:
             raise ValueError(f"image must be (H, W, C), got shape {image.shape}")
         boxes = torch.as_tensor(np.asarray(boxes, dtype=np.float32)).reshape(-1, 4)
@@ -41,6 +42,8 @@ class DFAPredictor:
             "height": image.shape[0],
             "width": image.shape[1],
         }
+        if classes is not None:
+            inputs["classes"] = torch.as_tensor(classes, dtype=torch.long).reshape(-1)
         return self.model([inputs])[0]
 
 
@@ -55,10 +58,11 @@ def refine_detections(
     Returns a copy of ``instances`` (``pred_boxes``, ``scores``, ``pred_classes``) whose
     ``pred_keypoints`` (N, L, 3) hold DFA's last-stage landmarks, third column = the detection
     score inside the predicted class's slots and 0 outside (the project's output contract).
+    With per-type cascades each box is aligned by the cascade of its predicted class.
     """
     class_slots = class_slots or FLD_CLASS_SLOTS
     instances = instances.to("cpu")
-    out = predictor(image, instances.pred_boxes.tensor)
+    out = predictor(image, instances.pred_boxes.tensor, instances.pred_classes)
     points = out["aligned_keypoints"].cpu()
     scores = torch.zeros(points.shape[:2])
     for i, (cls, score) in enumerate(zip(instances.pred_classes.tolist(), instances.scores)):

@@ -28,7 +28,11 @@ __all__ = [
     "offset_magnitudes",
     "cluster_error_magnitudes",
     "expected_error",
+    "routing_labels",
     "route",
+    "routing_threshold_from_training",
+    "routing_shares",
+    "check_routing_split",
 ]
 
 logger = logging.getLogger(__name__)
@@ -121,6 +125,93 @@ def expected_error(labels: torch.Tensor, cluster_error: torch.Tensor) -> torch.T
     return labels @ cluster_error.to(labels)
 
 
+def routing_labels(
+    logits: torch.Tensor, label_temperature: float, routing_temperature: float
+) -> torch.Tensor:
+    """The stage-2 pseudo-label f2 that G(f2) is computed from (DESIGN.md §6), (N, K) -> (N, K).
+
+    ``logits`` are the stage-2 network's pseudo-label outputs, trained so that softmax(logits)
+    matches Eq. 1 at ``label_temperature`` T, i.e. logits ~ -d / T + const. The routing label
+    re-tempers them to ``routing_temperature`` T_r (same distance units as T):
+    softmax(logits * T / T_r) ~ exp(-d / T_r) / sum exp(-d / T_r). ``routing_temperature``
+    0 gives the hard label (one-hot on the most likely cluster); T_r = T the soft label itself.
+    """
+    if routing_temperature < 0 or label_temperature <= 0:
+        raise ValueError(
+            f"routing temperature must be >= 0 and label temperature > 0, got "
+            f"{routing_temperature} and {label_temperature}"
+        )
+    if routing_temperature == 0:
+        hard = torch.zeros_like(logits)
+        return hard.scatter_(1, logits.argmax(dim=1, keepdim=True), 1.0)
+    return torch.softmax(logits * (label_temperature / routing_temperature), dim=1)
+
+
 def route(labels: torch.Tensor, cluster_error: torch.Tensor, threshold: float) -> torch.Tensor:
     """Eq. 2: r = 1[G(f2) < eps]; True -> branch 1 ("easy"), False -> branch 2 ("hard")."""
     return expected_error(labels, cluster_error) < threshold
+
+
+def routing_threshold_from_training(
+    g: torch.Tensor,
+    errors: torch.Tensor,
+    threshold: float,
+    calibrate: bool = False,
+    quantile: float = -1.0,
+) -> Tuple[float, str]:
+    """eps of Eq. 2 from the training garments (DESIGN.md §6).
+
+    Args:
+        g: (N,) G(f2) of the training garments; errors: (N,) their true stage-1 error norms.
+        threshold: the configured eps (paper: 0.3, normalised landmark units).
+        calibrate: eps = the quantile of ``g`` at the share of garments with ``errors`` below
+            ``threshold`` (so G routes as many garments to branch 1 as eps would on the true
+            error, whatever G's range).
+        quantile: in (0, 1): eps = this quantile of ``g`` (overrides the others).
+
+    Returns:
+        (eps, a short description of how it was chosen, for the log).
+    """
+    if 0 < quantile < 1:
+        return float(torch.quantile(g.float(), quantile)), f"quantile {quantile:g} of G"
+    if calibrate:
+        share = float((errors < threshold).float().mean())
+        eps = float(torch.quantile(g.float(), share))
+        return eps, (
+            f"calibrated: {100 * share:.1f}% of the training garments have a true stage-1 "
+            f"error < {threshold:g}, eps = that quantile of G"
+        )
+    return float(threshold), "fixed"
+
+
+def routing_shares(routing: torch.Tensor) -> Tuple[float, float]:
+    """Shares (fractions) of garments routed to branch 1 ("easy") and branch 2 ("hard")."""
+    if routing.numel() == 0:
+        return 0.0, 0.0
+    easy = float(routing.float().mean())
+    return easy, 1.0 - easy
+
+
+def check_routing_split(
+    routing: torch.Tensor, min_share: float, allow_degenerate: bool, where: str = ""
+) -> Tuple[float, float]:
+    """Refuse a training-set routing in which a branch gets less than ``min_share`` of garments.
+
+    A degenerate split leaves one stage-3 branch (almost) untrained, defeating the auto-routing
+    of §3; ``allow_degenerate`` turns the error into a warning. Returns (easy, hard) shares.
+    Raises ValueError naming ``where`` and the config keys that change the split.
+    """
+    easy, hard = routing_shares(routing)
+    if min(easy, hard) >= min_share:
+        return easy, hard
+    message = (
+        f"{where}DFA auto-routing sends {100 * easy:.1f}% of {routing.numel()} training garments "
+        f"to branch 1 and {100 * hard:.1f}% to branch 2; each branch needs at least "
+        f"{100 * min_share:.0f}% (MODEL.DFA.ROUTING_MIN_SHARE). Lower MODEL.DFA."
+        f"ROUTING_TEMPERATURE (0 = hard labels), change MODEL.DFA.ROUTING_THRESHOLD or set "
+        f"MODEL.DFA.ROUTING_THRESHOLD_QUANTILE; MODEL.DFA.ROUTING_ALLOW_DEGENERATE True accepts it."
+    )
+    if not allow_degenerate:
+        raise ValueError(message)
+    logger.warning(message)
+    return easy, hard

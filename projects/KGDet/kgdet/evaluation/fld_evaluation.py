@@ -87,7 +87,8 @@ class FLDEvaluator(DatasetEvaluator):
     ``evaluate()`` returns ``{"fld": {...}}`` plus ``{"fld_s1": ..., "fld_s2": ...}`` when
     per-stage aligned outputs were given. Keys: ``NE``, ``NE6`` (the paper's six landmarks),
     ``NE/<landmark>``, ``PDL@5`` … ``PDL@40`` (percent, 224-px box frame), ``PDL@15/<landmark>``,
-    ``NE_img`` and ``PDL_px@d`` (full-image variants), ``type=<class>/{N,NE,PDL@15}``,
+    ``NE_img`` and ``PDL_px@d`` (full-image variants), ``NE_long``, ``NE6_long``,
+    ``PDL_long@d`` (normalised by the box's long side, the DFA paper's convention), ``type=<class>/{N,NE,PDL@15}``,
     ``variation=<name>/{N,NE,PDL@15}``, ``N``, ``N_landmarks``, ``miss_rate`` and, for detector
     outputs, ``iou50/{NE,NE6,PDL@d,miss_rate}``.
     """
@@ -328,7 +329,8 @@ class FLDEvaluator(DatasetEvaluator):
         variant = "visible" if self._visible_only else "visible + occluded"
         logger.info(
             f"FLD results on '{self._dataset_name}' ({kind} outputs, {variant} landmarks, "
-            f"box-normalised): NE {fld['NE']:.4f}, PDL@15 {fld['PDL@15']:.2f}%, "
+            f"box-normalised): NE {fld['NE']:.4f} (per axis) / {fld['NE_long']:.4f} (long side), "
+            f"PDL@15 {fld['PDL@15']:.2f}%, "
             f"miss rate {fld['miss_rate']:.2f}%"
         )
         if self._output_dir:

@@ -3,7 +3,11 @@
 Conventions (followed from DATASETS.md §2.8; the DFA paper leaves some of them open):
 
 - per-point error ``e = sqrt(((x̂ - x) / W)² + ((ŷ - y) / H)²)`` with W, H the **ground-truth box**
-  size (the paper's 224×224 box crop); the full-image variant divides by the image size instead;
+  size (the box stretched to a 224×224 crop, the convention of later FLD papers); the full-image
+  variant divides by the image size instead; the **long-side** variant (keys ``*_long``)
+  divides both axes by max(W, H), the DFA authors' convention (box long side resized to 224 and
+  padded to a 224×224 square): for the same pixel error it is smaller by up to
+  sqrt((r² + 1) / 2) for a box of aspect ratio r;
 - ``NE_k`` = mean of e over the garments whose slot k is counted and that have a prediction;
   ``NE`` = mean of the ``NE_k`` (slots without any counted landmark are left out);
 - ``PDL_k(d)`` = share of counted landmarks with ``224·e <= d`` (d in pixels of the 224×224 box
@@ -78,6 +82,7 @@ def _summary(
     err_px: np.ndarray,
     err_img: np.ndarray,
     counted: np.ndarray,
+    err_long: Optional[np.ndarray] = None,
 ) -> Dict[str, np.ndarray]:
     """Per-slot NE / PDL vectors (K,) over the given garments (rows already selected)."""
     matched = np.isfinite(err_box)
@@ -95,12 +100,25 @@ def _summary(
         hit_px = valid & (np.where(valid, err_px, np.inf) <= d)
         pdl_k[d] = 100.0 * _safe_ratio(hit.sum(axis=0).astype(np.float64), n_counted)
         pdl_px_k[d] = 100.0 * _safe_ratio(hit_px.sum(axis=0).astype(np.float64), n_counted)
-    return {
+    out = {
         "ne_k": ne_k,
         "ne_img_k": ne_img_k,
         "pdl_k": pdl_k,
         "pdl_px_k": pdl_px_k,
     }
+    if err_long is not None:
+        out["ne_long_k"] = _safe_ratio(np.where(valid, err_long, 0.0).sum(axis=0), n_valid)
+        out["pdl_long_k"] = {
+            d: 100.0
+            * _safe_ratio(
+                (valid & (np.where(valid, err_long, np.inf) * NORMALISED_CROP_SIZE <= d))
+                .sum(axis=0)
+                .astype(np.float64),
+                n_counted,
+            )
+            for d in PDL_THRESHOLDS
+        }
+    return out
 
 
 def fld_metrics(
@@ -130,12 +148,16 @@ def fld_metrics(
         variation_names: code -> name (default: FLD's, :data:`FLD_VARIATION_NAMES`).
 
     Returns:
-        flat dict ``{"NE": .., "NE/<landmark>": .., "PDL@15": .., "type=<cls>/NE": .., ...}``.
+        flat dict ``{"NE": .., "NE/<landmark>": .., "PDL@15": .., "type=<cls>/NE": .., ...}``;
+        ``NE``/``PDL`` are box-normalised per axis, ``NE_long``, ``NE6_long``, ``PDL_long@d``,
+        ``NE_long/<landmark>``, ``type=<cls>/NE_long``, ``variation=<name>/NE_long`` the same
+        normalised by the box's long side on both axes (the DFA paper's convention).
     """
     num_garments = counted.shape[0]
     err_box = landmark_errors(pred, gt, box_wh)
     err_img = landmark_errors(pred, gt, image_wh)
     err_px = landmark_errors(pred, gt, np.ones_like(box_wh))
+    err_long = landmark_errors(pred, gt, np.repeat(box_wh.max(axis=1, keepdims=True), 2, axis=1))
     missed = ~np.isfinite(pred).all(axis=(1, 2))
 
     res: Dict[str, float] = {
@@ -143,18 +165,23 @@ def fld_metrics(
         "N_landmarks": float(counted.sum()),
         "miss_rate": 100.0 * float(missed.mean()) if num_garments else float("nan"),
     }
-    overall = _summary(err_box, err_px, err_img, counted)
+    overall = _summary(err_box, err_px, err_img, counted, err_long)
     res["NE"] = _nanmean(overall["ne_k"])
+    res["NE_long"] = _nanmean(overall["ne_long_k"])
     if all(name in keypoint_names for name in PAPER_SIX_LANDMARKS):
         six = [list(keypoint_names).index(name) for name in PAPER_SIX_LANDMARKS]
         res["NE6"] = _nanmean(overall["ne_k"][six])
+        res["NE6_long"] = _nanmean(overall["ne_long_k"][six])
     for d in PDL_THRESHOLDS:
         res[f"PDL@{d}"] = _nanmean(overall["pdl_k"][d])
+    for d in PDL_THRESHOLDS:
+        res[f"PDL_long@{d}"] = _nanmean(overall["pdl_long_k"][d])
     res["NE_img"] = _nanmean(overall["ne_img_k"])
     for d in PDL_THRESHOLDS:
         res[f"PDL_px@{d}"] = _nanmean(overall["pdl_px_k"][d])
     for k, name in enumerate(keypoint_names):
         res[f"NE/{name}"] = float(overall["ne_k"][k])
+        res[f"NE_long/{name}"] = float(overall["ne_long_k"][k])
         res[f"PDL@15/{name}"] = float(overall["pdl_k"][15][k])
 
     for c, cls_name in enumerate(class_names):
@@ -162,17 +189,21 @@ def fld_metrics(
         if not rows.any():
             continue
         slots = list(class_slots[c])
-        part = _summary(err_box[rows], err_px[rows], err_img[rows], counted[rows])
+        part = _summary(err_box[rows], err_px[rows], err_img[rows], counted[rows], err_long[rows])
         res[f"type={cls_name}/N"] = float(rows.sum())
         res[f"type={cls_name}/NE"] = _nanmean(part["ne_k"][slots])
+        res[f"type={cls_name}/NE_long"] = _nanmean(part["ne_long_k"][slots])
         res[f"type={cls_name}/PDL@15"] = _nanmean(part["pdl_k"][15][slots])
 
     if variations is not None:
         for v in sorted(set(int(x) for x in variations.tolist())):
             rows = variations == v
             name = (variation_names or FLD_VARIATION_NAMES).get(v, str(v))
-            part = _summary(err_box[rows], err_px[rows], err_img[rows], counted[rows])
+            part = _summary(
+                err_box[rows], err_px[rows], err_img[rows], counted[rows], err_long[rows]
+            )
             res[f"variation={name}/N"] = float(rows.sum())
             res[f"variation={name}/NE"] = _nanmean(part["ne_k"])
+            res[f"variation={name}/NE_long"] = _nanmean(part["ne_long_k"])
             res[f"variation={name}/PDL@15"] = _nanmean(part["pdl_k"][15])
     return res
