@@ -14,9 +14,9 @@ REPO = Path(__file__).resolve().parents[1]
 def _write_metrics(path: Path) -> None:
     lines = [
         {"iteration": 19, "total_loss": 3.0},
-        {"iteration": 299, "bbox/AP": 10.5, "keypoints/AP": 2.0},
-        {"iteration": 299, "total_loss": 2.0},
-        {"iteration": 599, "bbox/AP": 30.25, "keypoints/AP": 8.5, "bbox/AP50": 60.0},
+        {"iteration": 299, "total_loss": 2.0, "bbox/AP": 10.5, "keypoints/AP": 2.0},
+        {"iteration": 599, "total_loss": 1.5},
+        {"iteration": 600, "bbox/AP": 30.25, "keypoints/AP": 8.5, "bbox/AP50": 60.0},
     ]
     path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
 

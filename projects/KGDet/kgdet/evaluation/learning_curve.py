@@ -18,9 +18,11 @@ def read_metrics(
 ) -> Dict[str, List[Tuple[int, float]]]:
     """``{key: [(iteration, value), ...]}`` for every line of ``path`` that has the key.
 
-    Iterations are Detectron2's 0-based ``"iteration"`` field plus one (the number of training
-    iterations done), so an evaluation after the last of 1800 iterations is at 1800. A key
-    logged twice for one iteration keeps the later value.
+    Iterations are the number of training iterations done. Detectron2 logs a periodic
+    evaluation in the line of the 0-based iteration it follows (with that iteration's losses:
+    iteration 299 = 300 done) and the final evaluation after training in a line of its own at
+    ``MAX_ITER`` (already the number done). A key logged twice for one point keeps the later
+    value.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -38,9 +40,13 @@ def read_metrics(
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}, line {number}: not a JSON object ({e})") from None
             seen.update(record)
+            if "iteration" not in record:
+                continue
+            # Lines with training scalars belong to the 0-based iteration just run.
+            done = int(record["iteration"]) + (1 if "total_loss" in record else 0)
             for key in keys:
-                if key in record and "iteration" in record:
-                    curves[key][int(record["iteration"]) + 1] = float(record[key])
+                if key in record:
+                    curves[key][done] = float(record[key])
     if not any(curves.values()):
         found = sorted(k for k in seen if "/" in k)
         raise ValueError(f"{path}: none of {list(keys)} was logged (found: {found or 'none'})")
