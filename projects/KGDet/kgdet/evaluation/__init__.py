@@ -1,6 +1,6 @@
 """Evaluation: DeepFashion2 box/keypoint AP and FLD NE/PDL."""
 
-from .build import build_kgdet_evaluator
+from .build import build_kgdet_evaluator, check_oks_sigmas_config
 from .deepfashion2_evaluation import (
     KEYPOINT_GT_VARIANTS,
     DeepFashion2Evaluator,
