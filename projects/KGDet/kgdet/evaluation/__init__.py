@@ -9,5 +9,10 @@ from .deepfashion2_evaluation import (
 )
 from .fld_evaluation import FLDEvaluator, match_detections_to_garments
 from .fld_metrics import PDL_THRESHOLDS, fld_metrics
-from .official_protocol import evaluate_official_results, load_results_json
+from .official_protocol import (
+    ResultsFileError,
+    check_results,
+    evaluate_official_results,
+    load_results_json,
+)
 from .submission import SUBMISSION_FILES, to_submission_records, write_deepfashion2_submission
