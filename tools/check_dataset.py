@@ -137,7 +137,11 @@ def _check_images(
             fine = False
         if info.mode in _CONVERTED_MODES and info.mode not in ("L",):
             report.warning(
-                "pixel_format", path, "mode", f"pixel format '{info.mode}'", _CONVERTED_MODES[info.mode]
+                "pixel_format",
+                path,
+                "mode",
+                f"pixel format '{info.mode}'",
+                _CONVERTED_MODES[info.mode],
             )
         if record is not None and fine:
             size = (record.get("width"), record.get("height"))
@@ -152,8 +156,11 @@ def _check_images(
                 )
                 fine = False
             for x, y, w, h in boxes:
-                if x < -_BOX_SLACK_PX or y < -_BOX_SLACK_PX or x + w > info.width + _BOX_SLACK_PX or (
-                    y + h > info.height + _BOX_SLACK_PX
+                if (
+                    x < -_BOX_SLACK_PX
+                    or y < -_BOX_SLACK_PX
+                    or x + w > info.width + _BOX_SLACK_PX
+                    or (y + h > info.height + _BOX_SLACK_PX)
                 ):
                     report.error(
                         "box_outside_image",

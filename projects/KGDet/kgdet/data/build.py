@@ -9,7 +9,6 @@ logged with the total at the end of the pass.
 
 import logging
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
-
 import torch.utils.data as torchdata
 
 from detectron2.data import build_detection_test_loader, get_detection_dataset_dicts

@@ -10,8 +10,7 @@ import math
 import os
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
-
+from typing import Any, Dict, List, Optional, Sequence
 
 from ..file_io import atomic_output
 from .image_io import ImageInfo, ImageReadError, inspect_image
@@ -27,6 +26,7 @@ __all__ = [
     "is_int",
     "is_number",
 ]
+
 
 def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)

@@ -277,9 +277,7 @@ def _coerce_pair_id(raw: Dict[str, Any], rel: str, report: ConversionReport) -> 
         )
         return int(pair_id)
     if isinstance(pair_id, float) and pair_id.is_integer():
-        report.warning(
-            "pair_id", rel, "pair_id", f"got {pair_id}; expected an integer", "coerced"
-        )
+        report.warning("pair_id", rel, "pair_id", f"got {pair_id}; expected an integer", "coerced")
         return int(pair_id)
     report.warning(
         "pair_id",

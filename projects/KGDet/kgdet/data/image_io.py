@@ -29,10 +29,11 @@ import numpy as np
 import os
 from dataclasses import dataclass
 from typing import Optional
-from PIL import Image, UnidentifiedImageError
 
 from detectron2.data.detection_utils import _apply_exif_orientation, convert_PIL_to_numpy
 from detectron2.utils.file_io import PathManager
+
+from PIL import Image, UnidentifiedImageError
 
 __all__ = [
     "ALPHA_BACKGROUND",
@@ -134,7 +135,8 @@ def _to_8bit_rgb(image: Image.Image, path: str) -> Image.Image:
     mode = image.mode
     if mode in _REFUSED_MODES:
         raise ImageReadError(
-            path, f"pixel format '{mode}': {_REFUSED_MODES[mode]}; expected an 8-bit or 16-bit image"
+            path,
+            f"pixel format '{mode}': {_REFUSED_MODES[mode]}; expected an 8-bit or 16-bit image",
         )
     if mode in _SIXTEEN_BIT_MODES:
         values = np.asarray(image, dtype=np.float64)
@@ -240,4 +242,3 @@ def inspect_image(path: str, decode: bool = True) -> ImageInfo:
         orientation=orientation,
         mode=mode,
     )
-

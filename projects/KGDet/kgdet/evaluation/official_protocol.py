@@ -73,7 +73,7 @@ def check_results(items: list, gt: COCO, task: str, source: str = "results") -> 
             num_keypoints = len(anns[0]["keypoints"]) // 3 if anns else 0
 
     def fail(i: int, field: str, got, expected: str):
-        text = repr(got) if not isinstance(got, list) or len(got) < 8 else f"{len(got)} values"
+        text = f"{len(got)} values" if isinstance(got, list) and len(got) >= 8 else repr(got)
         raise ResultsFileError(f"{source}: record {i}, field '{field}': got {text}; {expected}")
 
     for i, r in enumerate(items):
@@ -100,8 +100,7 @@ def check_results(items: list, gt: COCO, task: str, source: str = "results") -> 
         if task == "keypoints":
             kps = r.get("keypoints")
             if not isinstance(kps, list) or len(kps) != 3 * num_keypoints:
-                got = f"{len(kps)} values" if isinstance(kps, list) else kps
-                fail(i, "keypoints", got, f"expected 3 x {num_keypoints} flat values")
+                fail(i, "keypoints", kps, f"expected 3 x {num_keypoints} flat values")
             if not all(_finite_number(v) for v in kps):
                 fail(i, "keypoints", "non-finite or non-number values", "expected finite numbers")
 
