@@ -28,11 +28,11 @@ import cv2
 import tqdm
 
 from detectron2.data import MetadataCatalog
-from detectron2.data.detection_utils import read_image
 from detectron2.engine import DefaultPredictor
 from detectron2.utils.logger import setup_logger
 
 from kgdet import get_kgdet_cfg  # importing kgdet registers the model and datasets
+from kgdet.data.image_io import read_image  # Detectron2's read_image, exact 8-bit conversion
 from kgdet.evaluation.garment_visualizer import GarmentVisualizer
 from kgdet.file_io import write_atomic, write_json_atomic
 

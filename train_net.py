@@ -19,14 +19,14 @@ from collections import OrderedDict
 import detectron2.engine.defaults as d2_defaults
 import detectron2.utils.comm as comm
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.data import build_detection_train_loader
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, hooks, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils.logger import setup_logger
 
 from kgdet import get_kgdet_cfg  # importing kgdet registers the model, backbone and datasets
-from kgdet.data import KGDetDatasetMapper
-from kgdet.evaluation import build_kgdet_evaluator
+from kgdet.data import KGDetDatasetMapper, build_kgdet_test_loader
+from kgdet.evaluation import build_kgdet_evaluator, check_oks_sigmas_config
 from kgdet.solver import build_optimizer
 from kgdet.tta import KGDetWithTTA
 
@@ -63,7 +63,8 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        return build_detection_test_loader(
+        # Unreadable images are left out and counted, not replaced by another image.
+        return build_kgdet_test_loader(
             cfg, dataset_name, mapper=KGDetDatasetMapper(cfg, is_train=False)
         )
 
@@ -94,6 +95,7 @@ def setup(args):
     """Config from file and command line, Detectron2's default setup, and the "kgdet" logger."""
     cfg = get_kgdet_cfg(args.config_file, args.opts)
     cfg.freeze()
+    check_oks_sigmas_config(cfg)  # a wrong TEST.KEYPOINT_OKS_SIGMAS fails now, not after training
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="kgdet")
     return cfg

@@ -31,8 +31,13 @@ Known problems of the official converter that this script fixes:
    (every official COCO-style file and our metadata use them); raw names are cross-checked
    against category_id and disagreements reported.
 6. It reads width/height from the image header, ignoring EXIF orientation, which Detectron2's
-   ``read_image`` applies; such images would fail ``check_image_size`` during training. They
-   are reported and skipped, as are images that cannot contain their annotated boxes.
+   ``read_image`` applies (mirroring or rotating the pixels under the annotations). Here every
+   image is judged as the model will see it: images with any EXIF orientation other than 1,
+   unreadable or truncated images (pixels decoded; ``--no-decode`` reads headers only, faster)
+   and images that cannot contain their annotated boxes are reported and skipped.
+7. A missing or non-integer ``pair_id``, a missing ``source`` or ``style`` (used only for
+   retrieval) costs no garment: warned, integer strings coerced. Two annotation files giving
+   the same image id (``1.json``, ``000001.json``) are refused before anything is written.
 """
 
 import argparse
@@ -48,11 +53,20 @@ def main(argv=None) -> int:
     parser.add_argument("--image-dir", required=True, help="folder of the NNNNNN.jpg images")
     parser.add_argument("--output", required=True, help="COCO-style json to write")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument(
+        "--no-decode",
+        action="store_true",
+        help="check images by their header only (faster; truncated images are not caught)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         convert_deepfashion2(
-            args.annos_dir, args.image_dir, args.output, progress=not args.no_progress
+            args.annos_dir,
+            args.image_dir,
+            args.output,
+            progress=not args.no_progress,
+            decode=not args.no_decode,
         )
     except (OSError, ValueError) as e:
         print(f"prepare_deepfashion2.py: error: {e}", file=sys.stderr)

@@ -13,7 +13,9 @@ collar, sleeve, waistline, hem), FLD visibility remapped to COCO's convention (F
 (DATASETS.md §2.7).
 
 Every bad record (clothes type outside 1..3, landmark list whose length is not 3 x 8, box with
-non-positive size, missing image, image whose size does not match the lists, ...) is reported
+non-positive size, missing, unreadable or truncated image (pixels are decoded unless
+``--no-decode``), image with an EXIF orientation other than 1 (Detectron2 would mirror or rotate
+its pixels), image whose size does not match the lists, ...) is reported
 by file, line and field with the expected value, counted, listed in
 ``<output stem>.report.txt`` next to the output, and skipped. A broken list file (missing, no
 record count, wrong header, record count mismatch) is an error. Writes are atomic.
@@ -35,10 +37,21 @@ def main(argv=None) -> int:
     parser.add_argument("--split", required=True, choices=FLD_SPLITS)
     parser.add_argument("--output", required=True, help="COCO-style json to write")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument(
+        "--no-decode",
+        action="store_true",
+        help="check images by their header only (faster; truncated images are not caught)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
-        convert_fld(args.root, args.split, args.output, progress=not args.no_progress)
+        convert_fld(
+            args.root,
+            args.split,
+            args.output,
+            progress=not args.no_progress,
+            decode=not args.no_decode,
+        )
     except (OSError, ValueError) as e:
         print(f"prepare_fld.py: error: {e}", file=sys.stderr)
         return 1

@@ -152,7 +152,7 @@ def test_every_bad_input_is_reported_counted_and_skipped(tmp_path):
         ("ERROR", "box_size", "000006.json", "item1.bounding_box"),
         ("ERROR", "missing_image", "000007.json", "image"),
         ("ERROR", "image_size", "000008.json", "item1.bounding_box"),
-        ("ERROR", "image_size", "000009.jpg", "width/height"),
+        ("ERROR", "exif_orientation", "000009.jpg", "EXIF Orientation"),
         ("ERROR", "keypoint_visibility", "000011.json", "item1.landmarks"),
         ("WARNING", "category_name", "000010.json", "item1.category_name"),
         ("WARNING", "unannotated_image", "000012.jpg", "(file)"),
@@ -163,7 +163,7 @@ def test_every_bad_input_is_reported_counted_and_skipped(tmp_path):
     assert "expected x2 > x1" in messages["box_size:000006.json"]
     assert "000007.jpg not found" in messages["missing_image:000007.json"]
     assert "40x30" in messages["image_size:000008.json"]
-    assert "EXIF orientation 6" in messages["image_size:000009.jpg"]
+    assert "EXIF orientation 6" in messages["exif_orientation:000009.jpg"]
     assert "ERROR keypoint_length: 1" in report.read_text()
 
 

@@ -32,6 +32,7 @@ from detectron2.utils.logger import setup_logger
 
 from kgdet import get_kgdet_cfg
 from kgdet.data import KGDetDatasetMapper
+from kgdet.data.image_io import decode_image
 from kgdet.evaluation.garment_visualizer import GarmentVisualizer
 from kgdet.file_io import write_atomic
 
@@ -90,6 +91,8 @@ def draw_record(record: dict, cfg, metadata, mapper: Optional[KGDetDatasetMapper
     num_keypoints = len(metadata.keypoint_names)
     if mapper is not None:
         out = mapper(record)
+        if out is None:  # the mapper logged why (unreadable image, EXIF orientation)
+            raise OSError(f"{record['file_name']}: skipped by KGDetDatasetMapper")
         image = utils.convert_image_to_rgb(out["image"].permute(1, 2, 0), cfg.INPUT.FORMAT)
         inst = out["instances"]
         boxes = inst.gt_boxes.tensor.numpy()
@@ -100,7 +103,13 @@ def draw_record(record: dict, cfg, metadata, mapper: Optional[KGDetDatasetMapper
             else np.zeros((len(inst), num_keypoints, 3))
         )
     else:
-        image = utils.read_image(record["file_name"], format="RGB")
+        decoded = decode_image(record["file_name"], format="RGB")  # as the model sees it
+        if decoded.info.orientation_changes_pixels and record.get("annotations"):
+            raise ValueError(
+                f"{record['file_name']}: {decoded.info.describe_orientation()} moves the pixels "
+                "away from their annotations (stored frame)"
+            )
+        image = decoded.image
         boxes, classes, kps = _annotation_arrays(record, num_keypoints)
     vis = GarmentVisualizer(image, metadata)
     return vis.draw_garments(boxes, classes, kps, kind="ground_truth").get_image()

@@ -74,8 +74,14 @@ def crop_pixels_to_normalized(pixels: torch.Tensor, crop_size: int, expand: floa
 
 
 def sanitize_box(box: Sequence[float], min_size: float = 1.0) -> np.ndarray:
-    """XYXY box with width and height at least ``min_size`` (grown about its centre)."""
+    """XYXY box with width and height at least ``min_size`` (grown about its centre).
+
+    Raises ValueError for a non-finite or inverted box (x2 < x1 or y2 < y1): only small valid
+    boxes are grown.
+    """
     x1, y1, x2, y2 = [float(v) for v in box]
+    if not np.isfinite([x1, y1, x2, y2]).all() or x2 < x1 or y2 < y1:
+        raise ValueError(f"box {[x1, y1, x2, y2]}: expected finite XYXY with x1 <= x2, y1 <= y2")
     cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
     w, h = max(x2 - x1, min_size), max(y2 - y1, min_size)
     return np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dtype=np.float64)

@@ -28,6 +28,7 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.utils.events import get_event_storage
 
+from .boxes import check_boxes_xyxy
 from .cascade import DFACascade, build_cascades
 from .data import class_slots_of
 from .landmarks import (
@@ -420,7 +421,7 @@ class DFA(nn.Module):
         for item in batched_inputs:
             if "boxes" not in item:
                 raise KeyError("DFA inference input needs 'boxes' (G, 4) XYXY in image pixels")
-            boxes = torch.as_tensor(item["boxes"], dtype=torch.float32).reshape(-1, 4)
+            boxes = check_boxes_xyxy(item["boxes"], "boxes", allow_zero_size=True)
             boxes = [sanitize_box(b) for b in boxes.tolist()]  # >= 1 px, as the crops
             boxes = torch.as_tensor(np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
             boxes_list.append(boxes)

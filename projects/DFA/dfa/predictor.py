@@ -8,6 +8,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 from detectron2.structures import Instances
 
+from .boxes import check_boxes_xyxy
 from .landmarks import FLD_CLASS_SLOTS
 
 __all__ = ["DFAPredictor", "refine_detections"]
@@ -20,7 +21,10 @@ class DFAPredictor:
     its pixels -> dict with ``aligned_keypoints`` (G, L, 2) pixels, ``aligned_keypoints_per_stage``,
     ``landmark_visibility`` (G, L, 3) probabilities (visible, occluded, truncated) and, with
     stage 3, ``routing``. ``classes`` (G,) clothing types select the cascade of each box with
-    per-type cascades (MODEL.DFA.PER_TYPE_CASCADES) and are ignored otherwise.
+    per-type cascades (MODEL.DFA.PER_TYPE_CASCADES) and are ignored otherwise. Boxes must be
+    finite with x1 < x2 and y1 < y2 (ValueError naming the box's index otherwise); boxes under
+    1 px are grown about their centre, boxes partly or wholly outside the image are cropped with
+    zero padding, and G = 0 gives empty outputs.
     """
 
     def __init__(self, cfg):
@@ -34,7 +38,7 @@ class DFAPredictor:
     def __call__(self, image: np.ndarray, boxes, classes=None) -> Dict[str, torch.Tensor]:
         if image.ndim != 3:
             raise ValueError(f"image must be (H, W, C), got shape {image.shape}")
-        boxes = torch.as_tensor(np.asarray(boxes, dtype=np.float32)).reshape(-1, 4)
+        boxes = torch.as_tensor(check_boxes_xyxy(boxes, "boxes"), dtype=torch.float32)
         tensor = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
         inputs = {
             "image": tensor,

@@ -4,6 +4,7 @@ Importing this package registers the built-in datasets (lazily; see :mod:`kgdet.
 """
 
 from .dataset_mapper import KGDetDatasetMapper
+from .build import build_kgdet_test_loader
 from .register import (
     load_deepfashion2_json,
     load_fld_json,
@@ -16,6 +17,7 @@ from . import deepfashion2_meta, fld_meta
 
 __all__ = [
     "KGDetDatasetMapper",
+    "build_kgdet_test_loader",
     "register_deepfashion2_instances",
     "register_fld_instances",
     "register_all_deepfashion2",

@@ -1,4 +1,4 @@
-"""Helpers shared by the DeepFashion2 and FLD converters: issue report, atomic writes, image size.
+"""Helpers shared by the DeepFashion2 and FLD converters: issue report, atomic writes, image check.
 
 Every bad input record is reported with the file, the field and the expected value, counted by
 kind, and listed in a text report written next to the output (``<output stem>.report.txt``).
@@ -10,11 +10,10 @@ import math
 import os
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
-
-from PIL import Image, UnidentifiedImageError
+from typing import Any, Dict, List, Optional, Sequence
 
 from ..file_io import atomic_output
+from .image_io import ImageInfo, ImageReadError, inspect_image
 
 __all__ = [
     "coco_categories",
@@ -23,15 +22,10 @@ __all__ = [
     "ConversionSummary",
     "atomic_output",
     "report_path_for",
-    "read_image_size",
-    "exif_transposes",
+    "check_image_file",
     "is_int",
     "is_number",
 ]
-
-# Detectron2's read_image applies these EXIF orientations, 5-8 swap width and height.
-_EXIF_ORIENTATION_TAG = 0x0112
-_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
 
 
 def is_int(value: Any) -> bool:
@@ -131,23 +125,39 @@ def coco_categories(
     ]
 
 
-def read_image_size(path: str) -> Tuple[int, int, Optional[int]]:
-    """(width, height, EXIF orientation or None) from the file header; no pixel decoding.
+def check_image_file(
+    path: str, report: "ConversionReport", *, decode: bool = True
+) -> Optional[ImageInfo]:
+    """Check one image as Detectron2's ``read_image`` will give it to the model.
 
-    Raises OSError if the file is not a readable image.
+    With ``decode`` (the default) the pixels are decoded, so truncated or corrupt files are
+    caught; ``decode=False`` reads only the header (fast, misses truncation). Reports, and
+    returns None for, an unreadable image (kind ``unreadable_image``) and an image whose EXIF
+    orientation is anything but 1 (kind ``exif_orientation``): Detectron2 mirrors or rotates such
+    pixels while the annotations describe the stored ones. Otherwise returns its
+    :class:`~kgdet.data.image_io.ImageInfo` (decoded size = stored size).
     """
     try:
-        with Image.open(path) as image:
-            width, height = image.size
-            try:
-                orientation = image.getexif().get(_EXIF_ORIENTATION_TAG)
-            except Exception:  # Detectron2 ignores unreadable EXIF too
-                orientation = None
-    except UnidentifiedImageError as e:
-        raise OSError(f"not a readable image: {e}") from e
-    return width, height, orientation
-
-
-def exif_transposes(orientation: Optional[int]) -> bool:
-    """Whether Detectron2's ``read_image`` swaps width and height for this EXIF orientation."""
-    return orientation in _TRANSPOSING_ORIENTATIONS
+        info = inspect_image(path, decode=decode)
+    except ImageReadError as e:
+        report.error(
+            "unreadable_image",
+            path,
+            "(file)",
+            f"{e.problem}; expected an image that decodes completely",
+            "image skipped",
+        )
+        return None
+    if info.orientation_changes_pixels:
+        report.error(
+            "exif_orientation",
+            path,
+            "EXIF Orientation",
+            f"{info.describe_orientation()}: Detectron2's read_image turns the stored "
+            f"{info.stored_width}x{info.stored_height} pixels into a {info.width}x{info.height} "
+            "image that the annotations (stored frame) do not describe; expected no orientation "
+            "tag or 1 (remove the tag, e.g. exiftool -Orientation= FILE, to keep the stored pixels)",
+            "image skipped",
+        )
+        return None
+    return info

@@ -27,8 +27,18 @@ Known problems of the official converter fixed here:
   are what the official COCO-style files and Detectron2 metadata use); each raw
   ``category_name`` is checked against its ``category_id`` and a disagreement is reported;
 * it reads the size from the image header, ignoring EXIF orientation, while Detectron2's
-  ``read_image`` applies it, so such an image would fail ``check_image_size`` in training;
-  such images (and images too small to contain their annotated boxes) are reported and skipped.
+  ``read_image`` applies it (mirroring or rotating the pixels under the annotations); here every
+  image is checked by :func:`kgdet.data.conversion.check_image_file` as the model will see it:
+  an image with any EXIF orientation other than 1, an unreadable or truncated image (the pixels
+  are decoded unless ``decode=False``), and an image too small for its boxes are reported and
+  skipped;
+* ``pair_id`` and ``source`` matter only for retrieval: a missing, ``null`` or non-integer
+  ``pair_id`` or a missing ``source`` never costs a garment (warned and counted; an integer
+  string such as ``"5"`` is coerced; a missing value is left out of the annotations), and item
+  numbering gaps or items out of order (``item1``, ``item3``; ``item10`` before ``item2``) keep
+  every garment, in file order as the official converter;
+* two annotation files whose names give the same image id (``1.json`` and ``000001.json``) are
+  refused up front, before anything is converted.
 """
 
 import json
@@ -44,11 +54,10 @@ from .conversion import (
     ConversionReport,
     ConversionSummary,
     atomic_output,
+    check_image_file,
     coco_categories,
-    exif_transposes,
     is_int,
     is_number,
-    read_image_size,
     report_path_for,
 )
 from .deepfashion2_meta import (
@@ -186,32 +195,39 @@ def _check_item(
                 )
 
     style = item.get("style")
-    if not is_int(style):
-        report.error(
-            "style", rel, f"{key}.style", f"got {_short(style)}; expected an integer >= 0", _SKIP
+    if "style" not in item:
+        report.warning(
+            "style", rel, f"{key}.style", "missing; expected an integer >= 0", "garment kept"
         )
+    elif not is_int(style):
+        coerced = int(style) if isinstance(style, str) and style.strip().isdigit() else None
+        report.warning(
+            "style",
+            rel,
+            f"{key}.style",
+            f"got {_short(style)}; expected an integer >= 0",
+            f"coerced to {coerced}" if coerced is not None else "left out; garment kept",
+        )
+        style = coerced
 
     seg = item.get("segmentation")
-    if not (
-        isinstance(seg, list)
-        and all(isinstance(p, list) and all(is_number(v) for v in p) for p in seg)
-    ):
-        report.error(
-            "segmentation",
-            rel,
-            f"{key}.segmentation",
-            f"got {_short(seg)}; expected a list of polygons [x1, y1, ..., xm, ym]",
-            _SKIP,
-        )
-    elif seg and all(len(p) < 6 or len(p) % 2 for p in seg):
+    polygons = seg if isinstance(seg, list) else []
+    valid = [
+        p
+        for p in polygons
+        if isinstance(p, list) and len(p) >= 6 and not len(p) % 2 and all(is_number(v) for v in p)
+    ]
+    if not isinstance(seg, list) or len(valid) < len(polygons) or (polygons and not valid):
         report.warning(
             "segmentation",
             rel,
             f"{key}.segmentation",
-            "no polygon has >= 3 points; expected at least one (Detectron2's load_coco_json "
-            "drops such an instance when loading)",
-            "kept",
+            f"{len(polygons) - len(valid)} of {len(polygons)} polygon(s) invalid (got "
+            f"{_short(seg)}); expected polygons [x1, y1, ..., xm, ym] with >= 3 points",
+            "invalid polygons left out; garment kept (box, class and keypoints; KGDet uses no "
+            "masks)",
         )
+    seg = valid
 
     if report.num_errors > errors_before:
         return None
@@ -229,19 +245,64 @@ def _check_item(
         "pair_id": None,  # image level
         "image_id": None,
         "iscrowd": 0,
-        "style": style,
+        "style": style,  # left out below when missing
         "num_keypoints": sum(1 for v in landmarks[2::3] if v > 0),
         "keypoints": points,
         "segmentation": seg,
     }
+    if style is None:
+        del annotation["style"]
     for k in _OPTIONAL_ITEM_KEYS:
         if k in item:
             annotation[k] = item[k]
     return annotation
 
 
+def _coerce_pair_id(raw: Dict[str, Any], rel: str, report: ConversionReport) -> Optional[int]:
+    """``pair_id`` as an int, or None when missing / unusable (warned; the garments are kept)."""
+    kept = "garments kept (pair_id is used only for retrieval)"
+    if "pair_id" not in raw:
+        report.warning("pair_id", rel, "pair_id", "missing; expected an integer", kept)
+        return None
+    pair_id = raw["pair_id"]
+    if is_int(pair_id):
+        return pair_id
+    if isinstance(pair_id, str) and pair_id.strip().isdigit():
+        report.warning(
+            "pair_id",
+            rel,
+            "pair_id",
+            f"got the string {pair_id!r}; expected an integer",
+            f"coerced to {int(pair_id)}",
+        )
+        return int(pair_id)
+    if isinstance(pair_id, float) and pair_id.is_integer():
+        report.warning("pair_id", rel, "pair_id", f"got {pair_id}; expected an integer", "coerced")
+        return int(pair_id)
+    report.warning(
+        "pair_id",
+        rel,
+        "pair_id",
+        f"got {_short(pair_id)}; expected an integer",
+        "left out; " + kept,
+    )
+    return None
+
+
+def _check_item_order(keys: List[str], rel: str, report: ConversionReport) -> None:
+    numbers = [int(k[4:]) for k in keys if _ITEM_KEY.match(k)]
+    if numbers and numbers != list(range(1, len(numbers) + 1)):
+        report.warning(
+            "item_numbers",
+            rel,
+            ", ".join(f"item{n}" for n in numbers),
+            "item numbers with gaps or out of order; expected item1..itemN in order",
+            "every item kept, in file order (as the official converter)",
+        )
+
+
 def _convert_file(
-    annos_dir: str, image_dir: str, name: str, report: ConversionReport
+    annos_dir: str, image_dir: str, name: str, report: ConversionReport, decode: bool = True
 ) -> Optional[Tuple[Dict[str, Any], List[Dict[str, Any]]]]:
     """One raw annotation file -> (image record, annotations) or None if it is bad."""
     rel = os.path.join(annos_dir, name)
@@ -279,35 +340,24 @@ def _convert_file(
             "missing_image", rel, "image", f"{image_rel} not found; expected the image file", _SKIP
         )
     else:
-        try:
-            width, height, orientation = read_image_size(image_rel)
-        except OSError as e:
-            report.error("unreadable_image", image_rel, "(file)", f"{e}; expected a JPEG", _SKIP)
-        else:
-            if exif_transposes(orientation):
-                report.error(
-                    "image_size",
-                    image_rel,
-                    "width/height",
-                    f"EXIF orientation {orientation}: Detectron2 decodes this {width}x{height} "
-                    f"image as {height}x{width}; expected the stored size the annotations use",
-                    _SKIP,
-                )
-            size = (width, height)
+        info = check_image_file(image_rel, report, decode=decode)
+        if info is not None:
+            size = (info.width, info.height)
 
-    pair_id = raw.get("pair_id")
-    if not is_int(pair_id):
-        report.error(
-            "pair_id", rel, "pair_id", f"got {_short(pair_id)}; expected an integer", _SKIP
-        )
+    pair_id = _coerce_pair_id(raw, rel, report)
     source = raw.get("source")
-    if "source" in raw and source not in ("shop", "user"):
+    if "source" not in raw:
+        report.warning(
+            "source", rel, "source", "missing; expected 'shop' or 'user'", "garments kept"
+        )
+    elif source not in ("shop", "user"):
         report.warning(
             "source", rel, "source", f"got {_short(source)}; expected 'shop' or 'user'", "kept"
         )
 
     annotations = []
     item_keys = [k for k in raw if k not in ("source", "pair_id")]
+    _check_item_order(item_keys, rel, report)
     for key in item_keys:
         if not _ITEM_KEY.match(key):
             report.error(
@@ -321,15 +371,18 @@ def _convert_file(
         annotation = _check_item(key, raw[key], rel, size, report)
         if annotation is not None:
             annotations.append(annotation)
-    if report.num_errors > errors_before:
+    if report.num_errors > errors_before or size is None:
         return None
     if not item_keys:
         report.warning("no_items", rel, "item1", "no items; expected at least one", "image kept")
 
     image_id = int(stem)
     for annotation in annotations:
-        annotation["pair_id"] = pair_id
         annotation["image_id"] = image_id
+        if pair_id is None:
+            del annotation["pair_id"]
+        else:
+            annotation["pair_id"] = pair_id
         if source is not None:
             annotation["source"] = source
     image = {
@@ -343,6 +396,26 @@ def _convert_file(
         "height": size[1],
     }
     return image, annotations
+
+
+def _check_unique_image_ids(annos_dir: str, files: List[str]) -> None:
+    """Refuse, before converting, annotation files whose names give the same image id."""
+    by_id: Dict[int, List[str]] = {}
+    for name in files:
+        stem = name[:-5]
+        if stem.isdigit():
+            by_id.setdefault(int(stem), []).append(name)
+    clashes = {i: names for i, names in by_id.items() if len(names) > 1}
+    if clashes:
+        examples = "; ".join(
+            f"{' and '.join(names)} -> {i}" for i, names in sorted(clashes.items())[:5]
+        )
+        raise ValueError(
+            f"{annos_dir}: {len(clashes)} image id(s) are given by more than one annotation file "
+            f"({examples}). DeepFashion2 numbers each image by its file name (image id = the "
+            "number, the image is NNNNNN.jpg), so every number must appear once: remove or "
+            "rename the duplicates (one zero-padded 6-digit name per image)"
+        )
 
 
 def _list_json_files(annos_dir: str) -> List[str]:
@@ -363,12 +436,14 @@ def _check_dir(path: str, what: str) -> None:
 
 
 def convert_deepfashion2(
-    annos_dir: str, image_dir: str, output: str, *, progress: bool = True
+    annos_dir: str, image_dir: str, output: str, *, progress: bool = True, decode: bool = True
 ) -> ConversionSummary:
     """Convert ``annos_dir/NNNNNN.json`` + ``image_dir/NNNNNN.jpg`` to COCO-style ``output``.
 
     Bad records are reported (``<output stem>.report.txt``) and skipped; a missing/empty input
-    folder raises. Output and report are written atomically.
+    folder, or two files giving the same image id, raises (ValueError / OSError) before anything
+    is written. ``decode=False`` checks images by their header only (faster; truncated files
+    are then not caught). Output and report are written atomically.
     """
     annos_dir, image_dir, output = os.fspath(annos_dir), os.fspath(image_dir), os.fspath(output)
     _check_dir(annos_dir, "annotation folder")
@@ -379,6 +454,7 @@ def convert_deepfashion2(
             f"annotation folder {annos_dir} has no .json files; expected DeepFashion2's "
             "per-image annotations (annos/000001.json, ...)"
         )
+    _check_unique_image_ids(annos_dir, files)
     report = ConversionReport(f"prepare_deepfashion2: {annos_dir} + {image_dir} -> {output}")
     images: List[Dict[str, Any]] = []
     annotated_stems = set()
@@ -387,7 +463,7 @@ def convert_deepfashion2(
     os.makedirs(out_dir, exist_ok=True)
     with tempfile.TemporaryFile("w+", encoding="utf-8", dir=out_dir) as buffer:
         for name in tqdm(files, desc="DeepFashion2", unit="file", disable=not progress):
-            result = _convert_file(annos_dir, image_dir, name, report)
+            result = _convert_file(annos_dir, image_dir, name, report, decode)
             annotated_stems.add(os.path.splitext(name)[0])
             if result is None:
                 continue

@@ -27,9 +27,8 @@ from .conversion import (
     ConversionReport,
     ConversionSummary,
     atomic_output,
+    check_image_file,
     coco_categories,
-    exif_transposes,
-    read_image_size,
     report_path_for,
 )
 from .fld_meta import (
@@ -149,6 +148,8 @@ def _convert_image(
     bbox_entry: Optional[Tuple[int, List[str]]],
     landmark_entry: Optional[Tuple[int, List[str]]],
     report: ConversionReport,
+    image_id: int,
+    decode: bool = True,
 ) -> Optional[Tuple[Dict[str, Any], Dict[str, Any]]]:
     """Validate one FLD image; return (image record, annotation without id) or None."""
     errors_before = report.num_errors
@@ -267,22 +268,11 @@ def _convert_image(
             "missing_image", image_path, "(file)", "not found; expected the FLD image", _SKIP
         )
     else:
-        try:
-            width, height, orientation = read_image_size(image_path)
-        except OSError as e:
-            report.error("unreadable_image", image_path, "(file)", f"{e}; expected a JPEG", _SKIP)
-        else:
+        info = check_image_file(image_path, report, decode=decode)
+        if info is not None:
+            width, height = info.width, info.height
             size = (width, height)
-            if exif_transposes(orientation):
-                report.error(
-                    "image_size",
-                    image_path,
-                    "width/height",
-                    f"EXIF orientation {orientation}: Detectron2 decodes this {width}x{height} "
-                    f"image as {height}x{width}; expected the stored size the lists refer to",
-                    _SKIP,
-                )
-            elif box is not None and (
+            if box is not None and (
                 box[0] < -_BOX_SLACK_PX
                 or box[1] < -_BOX_SLACK_PX
                 or box[2] > width + _BOX_SLACK_PX
@@ -297,16 +287,7 @@ def _convert_image(
                     _SKIP,
                 )
 
-    image_id = _image_id(name)
-    if image_id is None:
-        report.error(
-            "file_name",
-            os.path.join(root, PARTITION_LIST),
-            name,
-            "no number in the image name; expected names such as img/img_00000001.jpg",
-            _SKIP,
-        )
-    if report.num_errors > errors_before:
+    if report.num_errors > errors_before or size is None:
         return None
 
     slots = FLD_CLASS_KEYPOINT_SLOTS[clothes_type - 1]
@@ -340,8 +321,52 @@ def _convert_image(
     return image, annotation
 
 
-def convert_fld(root: str, split: str, output: str, *, progress: bool = True) -> ConversionSummary:
-    """Convert the FLD ``split`` under ``root`` to COCO-style ``output`` (+ report)."""
+def assign_image_ids(names: Sequence[str], report: ConversionReport, where: str) -> List[int]:
+    """Image ids of ``names``: the number in each file name, as the release names its images
+    (``img/img_00000001.jpg`` -> 1). When names carry no number or their numbers collide (e.g.
+    DeepFashion's per-folder numbering ``img/Blouse/img_00000001.jpg`` and
+    ``img/Dress/img_00000001.jpg``), every image is numbered 1..N in list order instead, with one
+    warning that names the layout problem."""
+    derived = [_image_id(name) for name in names]
+    first: Dict[int, str] = {}
+    clashes, unnumbered = [], [n for n, i in zip(names, derived) if i is None]
+    for name, image_id in zip(names, derived):
+        if image_id is None:
+            continue
+        if image_id in first:
+            clashes.append((first[image_id], name))
+        else:
+            first[image_id] = name
+    if not clashes and not unnumbered:
+        return derived
+    problems = []
+    if clashes:
+        a, b = clashes[0]
+        problems.append(
+            f"{len(clashes)} image name(s) repeat the number of another image (e.g. {a} and {b}: "
+            "images numbered per folder)"
+        )
+    if unnumbered:
+        problems.append(f"{len(unnumbered)} image name(s) have no number (e.g. {unnumbered[0]})")
+    message = (
+        f"image ids cannot be taken from the file names: {'; '.join(problems)}; expected one "
+        "number per image as in the release (img/img_00000001.jpg)"
+    )
+    report.warning(
+        "image_ids", where, "image_name", message, "all images numbered 1..N in list order"
+    )
+    logger.warning(f"{where}: {message}; all images are numbered 1..N in list order instead")
+    return list(range(1, len(names) + 1))
+
+
+def convert_fld(
+    root: str, split: str, output: str, *, progress: bool = True, decode: bool = True
+) -> ConversionSummary:
+    """Convert the FLD ``split`` under ``root`` to COCO-style ``output`` (+ report).
+
+    Image ids come from :func:`assign_image_ids`; ``decode=False`` checks images by their
+    header only (faster; truncated images are then not caught).
+    """
     root, output = os.fspath(root), os.fspath(output)
     if split not in FLD_SPLITS:
         raise ValueError(f"split must be one of {FLD_SPLITS}, got {split!r}")
@@ -368,23 +393,16 @@ def convert_fld(root: str, split: str, output: str, *, progress: bool = True) ->
     if not names:
         raise ValueError(f"{partition_file}: no image with evaluation_status '{split}'")
 
-    images, annotations, seen_ids = [], [], {}
-    for name in tqdm(names, desc=f"FLD {split}", unit="image", disable=not progress):
-        result = _convert_image(root, name, bboxes.get(name), landmarks.get(name), report)
+    image_ids = assign_image_ids(names, report, partition_file)
+    images, annotations = [], []
+    progress_bar = tqdm(names, desc=f"FLD {split}", unit="image", disable=not progress)
+    for name, image_id in zip(progress_bar, image_ids):
+        result = _convert_image(
+            root, name, bboxes.get(name), landmarks.get(name), report, image_id, decode
+        )
         if result is None:
             continue
         image, annotation = result
-        if image["id"] in seen_ids:
-            report.error(
-                "duplicate_image_id",
-                partition_file,
-                name,
-                f"image id {image['id']} (from the name) also used by {seen_ids[image['id']]}; "
-                "expected unique numbers",
-                _SKIP,
-            )
-            continue
-        seen_ids[image["id"]] = name
         annotation["id"] = len(annotations) + 1
         images.append(image)
         annotations.append(annotation)

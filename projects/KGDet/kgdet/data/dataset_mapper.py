@@ -8,18 +8,30 @@ Visibility v in {0, 1, 2} passes through resize and flip unchanged (stock behavi
 pushed outside the image become v = 0). Garments without any labelled keypoint are kept (they
 still train box and class); degenerate boxes are dropped by Detectron2's usual filter and
 counted in the log.
+
+Images are read with :func:`kgdet.data.image_io.decode_image` (Detectron2's ``read_image`` with
+exact 8-bit conversion of unusual pixel formats). An image that cannot be read (truncated,
+corrupt, missing, unsupported pixel format), and an annotated image whose EXIF orientation
+makes Detectron2 mirror or rotate its pixels away from the annotations, is skipped: the mapper
+logs the file and the reason, counts it (``num_skipped``) and returns None, which Detectron2's
+training loader answers with another image, and :func:`kgdet.data.build_kgdet_test_loader`
+leaves out of evaluation (its garments then count as missed).
 """
 
+import copy
 import logging
 import numpy as np
-from typing import List, Sequence
+from typing import Dict, List, Optional, Sequence
 import torch
 
 from detectron2.config import configurable
 from detectron2.data import DatasetMapper, MetadataCatalog
 from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
 from detectron2.structures import Keypoints
 from detectron2.utils.logger import log_every_n_seconds
+
+from .image_io import ImageReadError, decode_image
 
 __all__ = ["KGDetDatasetMapper", "class_keypoint_mask"]
 
@@ -69,6 +81,7 @@ class KGDetDatasetMapper(DatasetMapper):
         self.num_keypoints = int(num_keypoints)
         self.keypoint_defined = class_keypoint_mask(class_keypoint_slots, self.num_keypoints)
         self.num_degenerate_dropped = 0
+        self.num_skipped = 0
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
@@ -108,6 +121,55 @@ class KGDetDatasetMapper(DatasetMapper):
         ret["class_keypoint_slots"] = class_keypoint_slots
         ret["num_keypoints"] = num_keypoints
         return ret
+
+    def _read_image(self, dataset_dict: Dict) -> Optional[np.ndarray]:
+        """The image in ``self.image_format``, or None (logged and counted) when it is skipped."""
+        file_name = dataset_dict["file_name"]
+        try:
+            decoded = decode_image(file_name, format=self.image_format)
+        except ImageReadError as e:
+            return self._skip(file_name, f"unreadable image: {e.problem}")
+        if decoded.info.orientation_changes_pixels and dataset_dict.get("annotations"):
+            return self._skip(
+                file_name,
+                f"{decoded.info.describe_orientation()} makes Detectron2 mirror or rotate the "
+                "pixels away from their annotations (stored frame); remove the tag or convert "
+                "the data set with datasets/prepare_*.py",
+            )
+        return decoded.image
+
+    def _skip(self, file_name: str, reason: str) -> None:
+        self.num_skipped += 1
+        logger.warning(
+            f"KGDetDatasetMapper skipped {file_name}: {reason} ({self.num_skipped} image(s) "
+            "skipped so far by this loader process)"
+        )
+        return None
+
+    def __call__(self, dataset_dict: Dict) -> Optional[Dict]:
+        """Detectron2's ``DatasetMapper.__call__`` with the image read by :meth:`_read_image`
+        (its documented place for custom image loading); None when the image is skipped."""
+        dataset_dict = copy.deepcopy(dataset_dict)
+        image = self._read_image(dataset_dict)
+        if image is None:
+            return None
+        utils.check_image_size(dataset_dict, image)
+        aug_input = T.AugInput(image)
+        transforms = self.augmentations(aug_input)
+        image = aug_input.image
+        image_shape = image.shape[:2]  # h, w
+        dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        if self.proposal_topk is not None:
+            utils.transform_proposals(
+                dataset_dict, image_shape, transforms, proposal_topk=self.proposal_topk
+            )
+        if not self.is_train:
+            dataset_dict.pop("annotations", None)
+            dataset_dict.pop("sem_seg_file_name", None)
+            return dataset_dict
+        if "annotations" in dataset_dict:
+            self._transform_annotations(dataset_dict, transforms, image_shape)
+        return dataset_dict
 
     def _transform_annotations(self, dataset_dict, transforms, image_shape):
         num_annotations = sum(1 for a in dataset_dict["annotations"] if a.get("iscrowd", 0) == 0)

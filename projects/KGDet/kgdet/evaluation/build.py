@@ -11,7 +11,7 @@ from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators
 from .deepfashion2_evaluation import DeepFashion2Evaluator
 from .fld_evaluation import FLDEvaluator
 
-__all__ = ["build_kgdet_evaluator"]
+__all__ = ["build_kgdet_evaluator", "check_oks_sigmas_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +24,38 @@ def _model_predicts_keypoints(cfg: CfgNode) -> bool:
     return kgdet_cfg.POINTS != "learned" or kgdet_cfg.KEYPOINT_BRANCH
 
 
+def check_oks_sigmas_config(cfg: CfgNode, dataset_names=None) -> None:
+    """Make a user-set ``TEST.KEYPOINT_OKS_SIGMAS`` count, before any training or inference.
+
+    For each test dataset with keypoint AP: K values are used (and stated with the result,
+    see :class:`DeepFashion2Evaluator`), any other count raises ValueError. Where no keypoint AP
+    is computed (FLD: NE/PDL; the RepPoints baseline) a set value is reported as unused.
+    """
+    user = list(cfg.TEST.KEYPOINT_OKS_SIGMAS)
+    if not user:
+        return
+    for name in cfg.DATASETS.TEST if dataset_names is None else dataset_names:
+        meta = MetadataCatalog.get(name)
+        evaluator_type = meta.get("evaluator_type", None)
+        num_keypoints = len(meta.get("keypoint_names", None) or ())
+        keypoint_ap = (
+            evaluator_type in ("deepfashion2", "coco")
+            and num_keypoints
+            and _model_predicts_keypoints(cfg)
+        )
+        if not keypoint_ap:
+            logger.warning(
+                f"TEST.KEYPOINT_OKS_SIGMAS is set ({len(user)} values) but '{name}' gets no "
+                "keypoint AP (FLD is scored by NE/PDL; RepPoints predicts no keypoints): unused."
+            )
+        elif len(user) != num_keypoints:
+            raise ValueError(
+                f"TEST.KEYPOINT_OKS_SIGMAS has {len(user)} values but dataset '{name}' has "
+                f"{num_keypoints} keypoints; unset it (TEST.KEYPOINT_OKS_SIGMAS []) to use the "
+                "dataset's own OKS sigmas."
+            )
+
+
 def build_kgdet_evaluator(
     cfg: CfgNode, dataset_name: str, output_dir: Optional[str] = None
 ) -> DatasetEvaluator:
@@ -31,7 +63,8 @@ def build_kgdet_evaluator(
 
     - "deepfashion2" (DeepFashion2 and the DF2-like synthetic set) or "coco" (a DF2-style json
       registered with ``register_coco_instances``): :class:`DeepFashion2Evaluator`, box AP and
-      (when the dataset has keypoints) keypoint AP with the metadata's OKS sigmas, GT variant
+      (when the dataset has keypoints) keypoint AP with the metadata's OKS sigmas (or K sigmas
+      the user sets in ``TEST.KEYPOINT_OKS_SIGMAS``, stated with the result), GT variant
       ``TEST.KEYPOINT_GT_VARIANT``, pycocotools when ``TEST.OFFICIAL_COCO_EVAL``, official
       submission files when ``TEST.WRITE_SUBMISSION``;
     - "fld" (FLD and the FLD-layout synthetic set): box AP plus :class:`FLDEvaluator` (NE/PDL).
@@ -44,6 +77,7 @@ def build_kgdet_evaluator(
     if output_dir is None:
         output_dir = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
     use_fast_impl = not cfg.TEST.OFFICIAL_COCO_EVAL
+    check_oks_sigmas_config(cfg, [dataset_name])
     if evaluator_type in ("deepfashion2", "coco"):
         has_keypoints = bool(meta.get("keypoint_names", None)) and _model_predicts_keypoints(cfg)
         return DeepFashion2Evaluator(
@@ -53,6 +87,7 @@ def build_kgdet_evaluator(
             use_fast_impl=use_fast_impl,
             keypoint_gt_variant=cfg.TEST.KEYPOINT_GT_VARIANT,
             write_submission=cfg.TEST.WRITE_SUBMISSION,
+            kpt_oks_sigmas=cfg.TEST.KEYPOINT_OKS_SIGMAS if has_keypoints else (),
         )
     if evaluator_type == "fld":
         return DatasetEvaluators(

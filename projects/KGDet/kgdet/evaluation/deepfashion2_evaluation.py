@@ -4,8 +4,9 @@ The official DeepFashion2 protocol is stock COCO evaluation (pycocotools) with 2
 OKS sigmas. ``DeepFashion2Evaluator`` keeps Detectron2's ``COCOEvaluator`` (result export,
 gathering, per-category AP, NaN for zero detections) and changes only what the protocol needs:
 
-- the OKS sigmas come from the dataset metadata ``keypoint_oks_sigmas`` (never from the user);
-  a keypoint dataset without them is an error, not a silent fall-back to COCO's 17 person sigmas;
+- the OKS sigmas come from the dataset metadata ``keypoint_oks_sigmas`` unless the user sets
+  K sigmas (below); a keypoint dataset without them is an error, not a silent fall-back to
+  COCO's 17 person sigmas;
 - keypoint results are evaluated **without** their ``bbox`` field, like an official submission
   (and the official KGDet writer): pycocotools then takes a detection's area from the extent of
   its keypoints. Detectron2 keeps the box, which only moves which unmatched detections are
@@ -25,10 +26,20 @@ gathering, per-category AP, NaN for zero detections) and changes only what the p
   ``write_submission=True`` the official bbox and keypoint result files are written
   (:mod:`kgdet.evaluation.submission`);
 - predictions are checked to carry K keypoints (K = ``len(keypoint_names)``), and the model's
-  ``pred_keypoints`` are not modified (Detectron2's export subtracts 0.5 in place otherwise).
+  ``pred_keypoints`` are not modified (Detectron2's export subtracts 0.5 in place otherwise);
+- a DeepFashion2 / FLD json is checked when the evaluator is built
+  (:mod:`kgdet.data.validation`): unusable files raise naming the file, record and field;
+  missing ``area`` / ``iscrowd`` / ``num_keypoints`` are filled with the DeepFashion2
+  definition (logged), and a subset or raw-name ``categories`` list is replaced by the official
+  records, so pycocotools never fails at the end of a long inference pass;
+- ``kpt_oks_sigmas`` (``TEST.KEYPOINT_OKS_SIGMAS``) given by the user replace the metadata's
+  sigmas only when they have K values; the evaluator logs which sigmas it uses with every
+  keypoint result, and a wrong count is an error (see ``build_kgdet_evaluator``).
 """
 
+import contextlib
 import copy
+import io
 import itertools
 import logging
 import os
@@ -43,6 +54,12 @@ from detectron2.evaluation import COCOEvaluator
 from detectron2.evaluation import coco_evaluation as d2_coco_evaluation
 from detectron2.structures import Instances
 
+from ..data.validation import (
+    AnnotationSchema,
+    check_annotation_file,
+    check_coco_annotations,
+    official_categories,
+)
 from ..file_io import write_json_atomic
 from .submission import write_deepfashion2_submission
 
@@ -129,6 +146,7 @@ class DeepFashion2Evaluator(COCOEvaluator):
         keypoint_gt_variant: str = "vis_occ",
         official_keypoint_area: bool = True,
         write_submission: bool = False,
+        kpt_oks_sigmas: Sequence[float] = (),
     ):
         tasks = tuple(tasks)
         unknown = set(tasks) - {"bbox", "keypoints"}
@@ -156,7 +174,34 @@ class DeepFashion2Evaluator(COCOEvaluator):
                     f"Dataset '{dataset_name}': {len(sigmas)} keypoint_oks_sigmas but "
                     f"{self._num_keypoints} keypoint_names; they must agree."
                 )
+        if "keypoints" in tasks and kpt_oks_sigmas:
+            user = tuple(float(s) for s in kpt_oks_sigmas)
+            if len(user) != self._num_keypoints:
+                raise ValueError(
+                    f"TEST.KEYPOINT_OKS_SIGMAS has {len(user)} values but dataset "
+                    f"'{dataset_name}' has {self._num_keypoints} keypoints; unset it "
+                    "(TEST.KEYPOINT_OKS_SIGMAS []) to use the dataset's own OKS sigmas."
+                )
+            self._user_sigmas = user != sigmas
+            if self._user_sigmas:
+                logger.warning(
+                    f"Dataset '{dataset_name}': keypoint AP uses the {len(user)} OKS sigmas of "
+                    "TEST.KEYPOINT_OKS_SIGMAS, not the dataset's official sigmas; the result is "
+                    "not comparable with the official protocol."
+                )
+            sigmas = user
+        else:
+            self._user_sigmas = False
+        self._sigma_source = (
+            "TEST.KEYPOINT_OKS_SIGMAS (user-set, not the dataset's official sigmas)"
+            if self._user_sigmas
+            else "the dataset's metadata (official)"
+        )
         converted_here = not hasattr(meta, "json_file")
+        schema = None if converted_here else AnnotationSchema.from_metadata(meta)
+        if schema is not None:
+            # Before pycocotools reads it: unusable files fail here, naming file and field.
+            check_annotation_file(meta.json_file, schema)
         if converted_here:
             if output_dir is None:
                 raise ValueError(
@@ -183,6 +228,12 @@ class DeepFashion2Evaluator(COCOEvaluator):
                 # evaluator (another run, another output_dir) converts the current dicts again
                 # instead of reading a stale or deleted file.
                 del meta.json_file
+        if schema is not None:
+            dataset = self._coco_api.dataset
+            check_coco_annotations(dataset, meta.json_file, schema, fill=True)
+            dataset["categories"] = official_categories(schema, dataset.get("categories", []))
+            with contextlib.redirect_stdout(io.StringIO()):
+                self._coco_api.createIndex()
         self._dataset_name = dataset_name
         self._keypoint_gt_variant = keypoint_gt_variant
         self._official_keypoint_area = official_keypoint_area
@@ -261,11 +312,12 @@ class DeepFashion2Evaluator(COCOEvaluator):
                 coco_api = self._keypoint_coco_api
                 landmarks = {"vis_occ": "visible and occluded", "vis": "visible only"}
                 area = "keypoints (official)" if self._official_keypoint_area else "boxes"
-                self._logger.info(
-                    f"Keypoint AP: ground-truth variant '{self._keypoint_gt_variant}' "
-                    f"({landmarks[self._keypoint_gt_variant]} landmarks), "
-                    f"{len(self._kpt_oks_sigmas)} OKS sigmas from the metadata, "
-                    f"detection area from {area}."
+                log = self._logger.warning if self._user_sigmas else self._logger.info
+                log(
+                    f"Keypoint AP ({self.keypoint_result_key}): ground-truth variant "
+                    f"'{self._keypoint_gt_variant}' ({landmarks[self._keypoint_gt_variant]} "
+                    f"landmarks), {len(self._kpt_oks_sigmas)} OKS sigmas from "
+                    f"{self._sigma_source}, detection area from {area}."
                 )
             else:
                 coco_api = self._coco_api

@@ -1,0 +1,402 @@
+"""Validation of DeepFashion2 / FLD COCO-style annotation files against what every stage needs.
+
+A json made by our converters or by another tool is checked once, when its dataset is loaded
+(:func:`kgdet.data.load_deepfashion2_json`, :func:`kgdet.data.load_fld_json`) and when its
+evaluator is built (:class:`kgdet.evaluation.DeepFashion2Evaluator`), so that a problem is
+reported before training or inference starts, never by pycocotools at the end of evaluation:
+
+- **Structure** (refused, :class:`AnnotationFileError` naming the json, the record and the
+  field): ``images`` / ``annotations`` / ``categories`` lists; integer, unique image ids with
+  ``file_name``, ``width``, ``height``; annotations with an integer unique ``id``, an
+  ``image_id`` of a listed image, a listed ``category_id``, ``bbox`` = 4 finite numbers with
+  w, h >= 0, and 3 x K finite ``keypoints``. Duplicate image ids (typically ids taken from file
+  names numbered per folder) are one error naming the clashing files.
+- **Fields pycocotools needs but Detectron2's loader does not** are filled with the DeepFashion2
+  definition and logged with a count: ``area`` = box area w * h (the OKS scale and size bucket
+  of the official evaluation), ``iscrowd`` = 0, ``num_keypoints`` = #(v > 0).
+- **Categories**: accepted when every listed id is an official id (1..13 for DeepFashion2,
+  1..3 for FLD) and its name is the official one or the raw one (DeepFashion2's
+  ``"short sleeve top"`` spelling; case, spaces and underscores ignored), in any order, also
+  when only a subset is listed. Anything else is one error naming the json and every category
+  that differs. Class indices always follow the official ids.
+- **Segmentation** is not used by KGDet: a garment whose polygons are all invalid (fewer than 3
+  points, odd length) keeps its box, class and keypoints (Detectron2's ``load_coco_json`` would
+  drop it from training while evaluation keeps it); the count is logged.
+"""
+
+import json
+import logging
+import math
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+__all__ = [
+    "AnnotationFileError",
+    "AnnotationSchema",
+    "AnnotationCheck",
+    "check_coco_annotations",
+    "check_annotation_file",
+    "load_json_file",
+    "official_categories",
+    "has_valid_polygon",
+]
+
+logger = logging.getLogger(__name__)
+
+_MAX_LISTED = 5  # problems quoted per kind in one error message
+
+
+class AnnotationFileError(ValueError):
+    """An annotation json that training or evaluation cannot use; names file, record, field."""
+
+
+def _norm(name: Any) -> str:
+    return str(name).strip().lower().replace("_", " ").replace("-", " ")
+
+
+@dataclass(frozen=True)
+class AnnotationSchema:
+    """What a dataset's json must match: official category ids 1..C with their names (and
+    accepted alternative names per id), and K keypoint slots (0 = no keypoints required)."""
+
+    dataset: str
+    class_names: Tuple[str, ...]
+    alternative_names: Tuple[Tuple[str, ...], ...] = ()
+    num_keypoints: int = 0
+
+    @property
+    def official_ids(self) -> Tuple[int, ...]:
+        return tuple(range(1, len(self.class_names) + 1))
+
+    def accepts_name(self, category_id: int, name: Any) -> bool:
+        names = [self.class_names[category_id - 1]]
+        if self.alternative_names:
+            names += list(self.alternative_names[category_id - 1])
+        return _norm(name) in {_norm(n) for n in names}
+
+    @classmethod
+    def from_metadata(cls, metadata) -> Optional["AnnotationSchema"]:
+        """Schema of a registered DeepFashion2 or FLD dataset (by its ``thing_classes``), or
+        None for any other dataset."""
+        from .deepfashion2_meta import DF2_CLASS_NAMES, DF2_RAW_CATEGORY_NAMES
+        from .fld_meta import FLD_CLASS_NAMES
+
+        classes = list(metadata.get("thing_classes", None) or ())
+        num_keypoints = len(metadata.get("keypoint_names", None) or ())
+        if classes == DF2_CLASS_NAMES:
+            raw = tuple((n,) for n in DF2_RAW_CATEGORY_NAMES)
+            return cls("DeepFashion2", tuple(classes), raw, num_keypoints)
+        if classes == FLD_CLASS_NAMES:
+            return cls("FLD", tuple(classes), (), num_keypoints)
+        return None
+
+
+def official_categories(schema: AnnotationSchema, listed: Sequence[Dict]) -> List[Dict]:
+    """All C official category records, keeping extra fields (``keypoints``, ...) of listed ones."""
+    by_id = {c.get("id"): c for c in listed if isinstance(c, dict)}
+    template = next(iter(by_id.values()), {})
+    out = []
+    for i, name in zip(schema.official_ids, schema.class_names):
+        record = dict(by_id.get(i, {k: v for k, v in template.items() if k != "id"}))
+        record.update(id=i, name=name)
+        out.append(record)
+    return out
+
+
+def has_valid_polygon(segmentation: Any) -> bool:
+    """True for RLE or for a polygon list with at least one polygon of >= 3 points."""
+    if isinstance(segmentation, dict):
+        return True
+    return isinstance(segmentation, list) and any(
+        isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 for p in segmentation
+    )
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _finite(v: Any) -> bool:
+    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+
+
+def _short(value: Any, limit: int = 50) -> str:
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@dataclass
+class AnnotationCheck:
+    """Result of :func:`check_coco_annotations` (the json passed; fills were applied)."""
+
+    json_file: str
+    schema: AnnotationSchema
+    num_images: int = 0
+    num_annotations: int = 0
+    filled: Counter = field(default_factory=Counter)
+    without_valid_polygon: int = 0
+    listed_category_ids: Tuple[int, ...] = ()
+
+    def messages(self) -> List[str]:
+        """Human-readable notes (one line each) about what was filled or accepted."""
+        out = []
+        definitions = {
+            "area": "the box area w * h (DeepFashion2's definition)",
+            "iscrowd": "0",
+            "num_keypoints": "the number of keypoints with v > 0",
+        }
+        for key, n in sorted(self.filled.items()):
+            out.append(
+                f"{self.json_file}: '{key}' missing in {n} of {self.num_annotations} "
+                f"annotations; filled with {definitions[key]}"
+            )
+        if self.without_valid_polygon:
+            out.append(
+                f"{self.json_file}: {self.without_valid_polygon} garment(s) have no valid "
+                "segmentation polygon; kept for box, class and keypoints (KGDet uses no masks)"
+            )
+        official = self.schema.official_ids
+        if self.listed_category_ids and tuple(sorted(self.listed_category_ids)) != official:
+            out.append(
+                f"{self.json_file}: 'categories' lists {len(self.listed_category_ids)} of the "
+                f"{len(official)} official {self.schema.dataset} categories; class indices "
+                "follow the official ids"
+            )
+        return out
+
+    def log(self) -> None:
+        for m in self.messages():
+            logger.warning(m)
+
+
+class _Problems:
+    """Collects problems by kind and raises one error listing them."""
+
+    def __init__(self, json_file: str):
+        self.json_file = json_file
+        self.by_kind: Dict[str, List[str]] = {}
+
+    def add(self, kind: str, text: str) -> None:
+        self.by_kind.setdefault(kind, []).append(text)
+
+    def raise_if_any(self) -> None:
+        if not self.by_kind:
+            return
+        parts = []
+        for kind, texts in self.by_kind.items():
+            more = f" (and {len(texts) - _MAX_LISTED} more)" if len(texts) > _MAX_LISTED else ""
+            parts.append(f"{kind}: " + "; ".join(texts[:_MAX_LISTED]) + more)
+        total = sum(len(t) for t in self.by_kind.values())
+        raise AnnotationFileError(
+            f"{self.json_file}: {total} problem(s) that would break training or evaluation:\n  "
+            + "\n  ".join(parts)
+        )
+
+
+def _check_categories(data: Dict, schema: AnnotationSchema, problems: _Problems) -> Tuple[int, ...]:
+    categories = data.get("categories")
+    if not isinstance(categories, list) or not categories:
+        problems.add("categories", f"got {_short(categories)}; expected a list of category records")
+        return ()
+    differing, ids = [], []
+    official = set(schema.official_ids)
+    for i, cat in enumerate(categories):
+        if not isinstance(cat, dict):
+            differing.append(f"record {i}: {_short(cat)}")
+            continue
+        cid, name = cat.get("id"), cat.get("name")
+        if not _is_int(cid) or cid not in official:
+            differing.append(f"id {_short(cid)} '{name}' (not an official id 1..{len(official)})")
+        elif not schema.accepts_name(cid, name):
+            differing.append(f"id {cid} '{name}' (official: '{schema.class_names[cid - 1]}')")
+        if _is_int(cid):
+            ids.append(cid)
+    duplicated = sorted(i for i, n in Counter(ids).items() if n > 1)
+    if duplicated:
+        differing.append(f"ids listed twice: {duplicated}")
+    if differing:
+        problems.add(
+            "categories",
+            f"differ from the {len(official)} official {schema.dataset} categories: "
+            + ", ".join(differing),
+        )
+    return tuple(ids)
+
+
+def _check_images(data: Dict, problems: _Problems) -> Dict[Any, str]:
+    images = data.get("images")
+    if not isinstance(images, list):
+        problems.add("images", f"got {_short(images)}; expected a list of image records")
+        return {}
+    files: Dict[Any, List[str]] = {}
+    for i, img in enumerate(images):
+        if not isinstance(img, dict):
+            problems.add("images", f"record {i}: got {_short(img)}; expected an object")
+            continue
+        iid = img.get("id")
+        if not _is_int(iid):
+            problems.add("images", f"record {i}, field 'id': got {_short(iid)}; expected an int")
+            continue
+        if not isinstance(img.get("file_name"), str):
+            problems.add("images", f"record {i} (id {iid}), field 'file_name': missing or not str")
+        for key in ("width", "height"):
+            if not _is_int(img.get(key)) or img[key] <= 0:
+                problems.add(
+                    "images",
+                    f"record {i} (id {iid}), field '{key}': got {_short(img.get(key))}; "
+                    "expected a positive int",
+                )
+        files.setdefault(iid, []).append(str(img.get("file_name")))
+    clashes = {i: f for i, f in files.items() if len(f) > 1}
+    if clashes:
+        examples = "; ".join(f"id {i}: {' and '.join(f[:3])}" for i, f in list(clashes.items())[:3])
+        problems.add(
+            "image ids",
+            f"{len(clashes)} image id(s) are used by more than one image ({examples}); ids taken "
+            "from file names that are numbered per folder collide: give every image its own id",
+        )
+    return {i: f[0] for i, f in files.items()}
+
+
+def check_coco_annotations(
+    data: Dict, json_file: str, schema: AnnotationSchema, *, fill: bool = True
+) -> AnnotationCheck:
+    """Check (and with ``fill``, complete in place) one COCO-style annotation dict.
+
+    Args:
+        data: the parsed json.
+        json_file: its path (used in messages).
+        schema: the dataset's :class:`AnnotationSchema`.
+        fill: fill missing ``area`` / ``iscrowd`` / ``num_keypoints`` in ``data``.
+
+    Returns:
+        :class:`AnnotationCheck` (counts of what was filled, garments without a valid polygon).
+
+    Raises:
+        AnnotationFileError: the file cannot be used; the message names the json, the records
+            and fields (first few per kind) and what was expected.
+    """
+    json_file = os.fspath(json_file)
+    problems = _Problems(json_file)
+    if not isinstance(data, dict):
+        raise AnnotationFileError(f"{json_file}: got a {type(data).__name__}; expected an object")
+    check = AnnotationCheck(json_file=json_file, schema=schema)
+    check.listed_category_ids = _check_categories(data, schema, problems)
+    image_files = _check_images(data, problems)
+    annotations = data.get("annotations", [])
+    if not isinstance(annotations, list):
+        problems.add("annotations", f"got {_short(annotations)}; expected a list")
+        annotations = []
+    listed = set(check.listed_category_ids)
+    k = schema.num_keypoints
+    seen_ids: Dict[Any, int] = {}
+    for i, ann in enumerate(annotations):
+        where = f"annotation {i}"
+        if not isinstance(ann, dict):
+            problems.add("annotations", f"{where}: got {_short(ann)}; expected an object")
+            continue
+        aid = ann.get("id")
+        where = f"annotation {i} (id {_short(aid)})"
+        if not _is_int(aid):
+            problems.add("annotation ids", f"{where}, field 'id': missing or not an int")
+        elif aid in seen_ids:
+            problems.add("annotation ids", f"{where}: id also used by annotation {seen_ids[aid]}")
+        else:
+            seen_ids[aid] = i
+        if ann.get("image_id") not in image_files:
+            problems.add(
+                "image_id",
+                f"{where}, field 'image_id': got {_short(ann.get('image_id'))}; expected the id "
+                "of a listed image",
+            )
+        if ann.get("category_id") not in listed:
+            problems.add(
+                "category_id",
+                f"{where}, field 'category_id': got {_short(ann.get('category_id'))}; expected "
+                f"one of the listed categories {sorted(listed)}",
+            )
+        bbox = ann.get("bbox")
+        box_ok = isinstance(bbox, list) and len(bbox) == 4 and all(_finite(v) for v in bbox)
+        if not box_ok or bbox[2] < 0 or bbox[3] < 0:
+            problems.add(
+                "bbox",
+                f"{where}, field 'bbox': got {_short(bbox)}; expected [x, y, w, h] of 4 finite "
+                "numbers with w, h >= 0",
+            )
+            box_ok = False
+        kps = ann.get("keypoints")
+        kps_ok = False
+        if k:
+            if not isinstance(kps, list) or len(kps) != 3 * k:
+                got = f"{len(kps)} values" if isinstance(kps, list) else _short(kps)
+                problems.add(
+                    "keypoints",
+                    f"{where}, field 'keypoints': got {got}; expected 3 x {k} = {3 * k} values "
+                    "(all global slots)",
+                )
+            elif not all(_finite(v) for v in kps):
+                problems.add("keypoints", f"{where}, field 'keypoints': non-finite or non-number")
+            else:
+                kps_ok = True
+        for key, ok in (
+            ("area", lambda v: _finite(v) and v >= 0),
+            ("iscrowd", lambda v: v in (0, 1) and not isinstance(v, float)),
+            ("num_keypoints", lambda v: _is_int(v) and v >= 0),
+        ):
+            if key in ann and not ok(ann[key]):
+                problems.add(key, f"{where}, field '{key}': got {_short(ann[key])}")
+        if fill:
+            if "area" not in ann and box_ok:
+                ann["area"] = float(bbox[2]) * float(bbox[3])
+                check.filled["area"] += 1
+            if "iscrowd" not in ann:
+                ann["iscrowd"] = 0
+                check.filled["iscrowd"] += 1
+            if "num_keypoints" not in ann and (kps_ok or not k):
+                vis = kps[2::3] if isinstance(kps, list) else []
+                ann["num_keypoints"] = sum(1 for v in vis if v > 0)
+                check.filled["num_keypoints"] += 1
+        if "segmentation" in ann and not has_valid_polygon(ann["segmentation"]):
+            check.without_valid_polygon += 1
+    problems.raise_if_any()
+    check.num_images = len(image_files)
+    check.num_annotations = len(annotations)
+    return check
+
+
+_CHECKED: Dict[Tuple[str, float, int, AnnotationSchema], AnnotationCheck] = {}
+
+
+def load_json_file(json_file: str) -> Dict:
+    """Parse ``json_file``; errors name the file."""
+    try:
+        with open(json_file, "r", encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"annotation file {json_file} not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise AnnotationFileError(f"{json_file}: not valid JSON ({e})") from e
+
+
+def check_annotation_file(
+    json_file: str, schema: AnnotationSchema, data: Optional[Dict] = None
+) -> AnnotationCheck:
+    """:func:`check_coco_annotations` of a file (parsed unless ``data`` is given), remembered per
+    (path, modification time, size, schema) so a file is read and logged once per process."""
+    json_file = os.fspath(json_file)
+    st = os.stat(json_file)
+    key = (os.path.abspath(json_file), st.st_mtime, st.st_size, schema)
+    if key in _CHECKED and data is None:
+        return _CHECKED[key]
+    check = check_coco_annotations(
+        load_json_file(json_file) if data is None else data, json_file, schema
+    )
+    if key not in _CHECKED:
+        check.log()
+    _CHECKED[key] = check
+    return check
