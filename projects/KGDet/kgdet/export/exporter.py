@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import tempfile
+import warnings
 from typing import Dict, Iterator, List, Optional
 import torch
 from torch import Tensor, nn
@@ -71,6 +72,15 @@ def deform_impl(model: nn.Module, impl: str) -> Iterator[None]:
             m.impl = old
 
 
+@contextlib.contextmanager
+def _quiet_tracing() -> Iterator[None]:
+    """Silence the tracer's warnings about sizes and shape checks: sizes are traced as tensors
+    on purpose (:mod:`kgdet.export.inference`), the input checks pass for the sample input."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        yield
+
+
 def build_tracing_adapter(model: nn.Module, image: Tensor) -> TracingAdapter:
     """``TracingAdapter`` of ``model`` on the sample ``image`` (3, H, W), calling
     :func:`export_inference`."""
@@ -115,7 +125,7 @@ def export_torchscript(model: nn.Module, cfg, image: Tensor, path: str) -> Dict:
     """
     names = output_names(model, image)
     adapter = build_tracing_adapter(model, image)
-    with deform_impl(model, "gather"), torch.no_grad():
+    with deform_impl(model, "gather"), torch.no_grad(), _quiet_tracing():
         traced = torch.jit.trace(adapter, adapter.flattened_inputs, check_trace=False)
     metadata = export_metadata(model, cfg, "torchscript", names, deform_op="gather")
     tmp = _atomic_path(path)
@@ -204,7 +214,7 @@ def export_onnx(
     impl = "torchvision" if deform_op == "DeformConv" else "gather"
     tmp = _atomic_path(path)
     try:
-        with deform_impl(model, impl), torch.no_grad():
+        with deform_impl(model, impl), torch.no_grad(), _quiet_tracing():
             torch.onnx.export(
                 adapter,
                 adapter.flattened_inputs,
