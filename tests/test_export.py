@@ -6,11 +6,10 @@ size and run through ``ExportedPredictor`` on synthetic validation images and De
 images resized to other sizes; ``DefaultPredictor`` with the same weights is the reference.
 """
 
-from pathlib import Path
 import numpy as np
+from pathlib import Path
 import pytest
 import torch
-from scipy.optimize import linear_sum_assignment
 
 from detectron2.data import DatasetCatalog
 from detectron2.data.detection_utils import read_image
@@ -26,6 +25,7 @@ from kgdet.export import (
     fold_frozen_batchnorm,
     load_exported_model,
 )
+from scipy.optimize import linear_sum_assignment
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO_ROOT / "configs" / "kgdet_synth.yaml")

@@ -88,7 +88,7 @@ def compare(model, exported, image: torch.Tensor) -> str:
             "scores": (ref.scores - out["scores"]).abs().max(),
         }
         if ref.has("pred_keypoints"):
-            diffs["keypoints"] = (ref.pred_keypoints[..., :2] - out["pred_keypoints"][..., :2])
+            diffs["keypoints"] = ref.pred_keypoints[..., :2] - out["pred_keypoints"][..., :2]
             diffs["keypoints"] = diffs["keypoints"].abs().max()
         same = bool((ref.pred_classes == out["pred_classes"]).all())
         text += f"; same classes: {same}; max abs difference " + ", ".join(

@@ -1,10 +1,10 @@
 """FLOPs of one inference with fvcore (through Detectron2's ``FlopCountAnalysis``), deformable
 convolutions counted apart (the paper's counter ignores them, Table 1)."""
 
+import numpy as np
 import warnings
 from collections import Counter
 from typing import Any, Dict, List
-import numpy as np
 import torch
 
 __all__ = ["count_flops"]

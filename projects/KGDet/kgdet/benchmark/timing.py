@@ -1,8 +1,8 @@
 """Timing on a shared machine: one timed call, statistics, and waiting for an idle CPU."""
 
+import numpy as np
 import time
 from typing import Dict, List, Optional
-import numpy as np
 import torch
 from torch.utils.benchmark import Measurement, TaskSpec
 

@@ -237,7 +237,6 @@ class Worker:
         self._log.close()
 
 
-
 def worker_parser() -> argparse.ArgumentParser:
     """Arguments of ``python -m kgdet.benchmark`` (one worker, started by :class:`Worker`)."""
     parser = argparse.ArgumentParser(description="one benchmark worker (started by the runner)")

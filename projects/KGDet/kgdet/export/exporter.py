@@ -225,9 +225,7 @@ def export_onnx(
                 output_names=names,
                 dynamic_axes=dynamic_axes,
             )
-        metadata = export_metadata(
-            model, cfg, "onnx", names, deform_op=deform_op, opset=int(opset)
-        )
+        metadata = export_metadata(model, cfg, "onnx", names, deform_op=deform_op, opset=int(opset))
         proto = onnx.load(tmp)
         entry = proto.metadata_props.add()
         entry.key, entry.value = METADATA_KEY, json.dumps(metadata)

@@ -9,9 +9,9 @@ order, ``{"instances": Instances}`` out, rescaled to the original image by
 
 import json
 import logging
+import numpy as np
 import os
 from typing import Dict, Optional
-import numpy as np
 import torch
 
 import detectron2.data.transforms as T
