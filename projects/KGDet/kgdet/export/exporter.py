@@ -40,6 +40,7 @@ __all__ = [
     "export_torchscript",
     "export_onnx",
     "export_metadata",
+    "register_deform_conv_symbolic",
 ]
 
 logger = logging.getLogger(__name__)
@@ -174,6 +175,13 @@ def _deform_conv2d_symbolic(
     )
 
 
+def register_deform_conv_symbolic(opset: int = ONNX_OPSET) -> None:
+    """Export ``torchvision::deform_conv2d`` as ONNX ``DeformConv`` (needs opset >= 19)."""
+    torch.onnx.register_custom_op_symbolic(
+        "torchvision::deform_conv2d", _deform_conv2d_symbolic, opset
+    )
+
+
 def export_onnx(
     model: nn.Module,
     cfg,
@@ -204,9 +212,7 @@ def export_onnx(
     if opset < min_opset:
         raise ValueError(f"deform_op {deform_op!r} needs ONNX opset >= {min_opset}, got {opset}")
     if deform_op == "DeformConv":
-        torch.onnx.register_custom_op_symbolic(
-            "torchvision::deform_conv2d", _deform_conv2d_symbolic, opset
-        )
+        register_deform_conv_symbolic(opset)
     names = output_names(model, image)
     adapter = build_tracing_adapter(model, image)
     dynamic_axes = {INPUT_NAME: {1: "height", 2: "width"}}
