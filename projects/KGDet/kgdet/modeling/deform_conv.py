@@ -295,7 +295,9 @@ class KGDeformConv(nn.Module):
     def _forward(self, x: Tensor, offset: Tensor, weight: Tensor) -> Tensor:
         impl = self.resolved_impl(x.device)
         if impl == "gather":
-            matrix = self._cached_weight_matrix() if weight is self.weight else None
+            # Not while tracing: the cached matrix would be stored as a second copy of the weight.
+            cached = weight is self.weight and not torch.jit.is_tracing()
+            matrix = self._cached_weight_matrix() if cached else None
             return deform_conv2d_gather(x, offset, weight, self.padding, matrix)
         if impl == "grid_sample":
             return deform_conv2d_grid_sample(x, offset, weight, self.padding)
