@@ -26,6 +26,8 @@ import detectron2.data.transforms as T
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data.detection_utils import read_image
 from detectron2.modeling import build_model
+from detectron2.modeling.postprocessing import detector_postprocess
+from detectron2.structures import Boxes, Instances
 from detectron2.utils.logger import setup_logger
 
 from kgdet import get_kgdet_cfg
@@ -79,18 +81,21 @@ def compare(model, exported, image: torch.Tensor) -> str:
     """One line: detections of both and their largest differences on ``image``."""
     with torch.no_grad():
         ref = model([{"image": image}])[0]["instances"]
-    out = exported(image)
-    n = out["scores"].shape[0]
-    text = f"detections: PyTorch {len(ref)}, exported {n}"
-    if n == len(ref) and n:
+    raw = exported(image)
+    h, w = image.shape[-2:]
+    fields = {k: v for k, v in raw.items() if k not in ("image_size", "pred_boxes")}
+    out = Instances((h, w), pred_boxes=Boxes(raw["pred_boxes"]), **fields)
+    out = detector_postprocess(out, h, w)  # as the model's forward and ExportedPredictor
+    text = f"detections: PyTorch {len(ref)}, exported {len(out)}"
+    if len(out) == len(ref) and len(out):
         diffs = {
-            "boxes": (ref.pred_boxes.tensor - out["pred_boxes"]).abs().max(),
-            "scores": (ref.scores - out["scores"]).abs().max(),
+            "boxes": (ref.pred_boxes.tensor - out.pred_boxes.tensor).abs().max(),
+            "scores": (ref.scores - out.scores).abs().max(),
         }
         if ref.has("pred_keypoints"):
-            diffs["keypoints"] = ref.pred_keypoints[..., :2] - out["pred_keypoints"][..., :2]
+            diffs["keypoints"] = ref.pred_keypoints[..., :2] - out.pred_keypoints[..., :2]
             diffs["keypoints"] = diffs["keypoints"].abs().max()
-        same = bool((ref.pred_classes == out["pred_classes"]).all())
+        same = bool((ref.pred_classes == out.pred_classes).all())
         text += f"; same classes: {same}; max abs difference " + ", ".join(
             f"{k} {float(v):.2e}" for k, v in diffs.items()
         )
