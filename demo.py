@@ -3,7 +3,11 @@
 
     python demo.py --config-file configs/kgdet_synth.yaml --input IMG_OR_DIR_OR_GLOB [...] \
         --output DIR [--confidence-threshold 0.3] [--keypoint-threshold 0.5] \
-        MODEL.WEIGHTS model_final.pth MODEL.DEVICE cpu
+        [--exported MODEL.onnx|MODEL.ts] MODEL.WEIGHTS model_final.pth MODEL.DEVICE cpu
+
+With ``--exported`` the detections come from a model exported by ``tools/deploy/export_model.py``
+(ONNX Runtime for ``.onnx``, TorchScript otherwise; ``kgdet.export.ExportedPredictor``) instead
+of the PyTorch model; the config still gives the resizing, the threshold and the metadata.
 
 For every readable input image it writes ``DIR/<name>.jpg`` (boxes, class names and scores, and
 only the keypoints of each garment's own class: filled dots for keypoint scores >= the keypoint
@@ -63,6 +67,13 @@ def get_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.5,
         help="keypoints scoring at least this are drawn filled, weaker ones hollow",
+    )
+    parser.add_argument(
+        "--exported",
+        default=None,
+        metavar="MODEL",
+        help="run this exported model (.onnx: ONNX Runtime, else TorchScript) instead of the "
+        "PyTorch model of MODEL.WEIGHTS",
     )
     parser.add_argument(
         "--opts", default=[], nargs=argparse.REMAINDER, help="config overrides KEY VALUE ..."
@@ -169,7 +180,12 @@ def run_demo(args: argparse.Namespace) -> Tuple[int, int]:
     paths = expand_inputs(args.input)
     if not paths:
         raise SystemExit("demo: no input image found")
-    predictor = DefaultPredictor(cfg)
+    if args.exported:
+        from kgdet.export import ExportedPredictor
+
+        predictor = ExportedPredictor(cfg, args.exported, device=cfg.MODEL.DEVICE)
+    else:
+        predictor = DefaultPredictor(cfg)
     os.makedirs(args.output, exist_ok=True)
     out_names = _output_names(paths)
     records, skipped = [], []

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
 """Installs the pure-Python packages ``kgdet`` and ``dfa`` (Detectron2 must be installed first)."""
+
 from setuptools import find_packages, setup
 
 PACKAGE_DIRS = {"kgdet": "projects/KGDet/kgdet", "dfa": "projects/DFA/dfa"}
@@ -40,5 +41,9 @@ setup(
         "scikit-learn",
         "setuptools<81",
     ],
-    extras_require={"dev": ["pytest", "black", "isort", "matplotlib"]},
+    extras_require={
+        "dev": ["pytest", "black", "isort", "matplotlib"],
+        # Export to ONNX and serving with ONNX Runtime (kgdet.export, tools/deploy/export_model.py).
+        "deploy": ["onnx>=1.14", "onnxruntime>=1.16"],
+    },
 )

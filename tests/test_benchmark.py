@@ -1,13 +1,18 @@
-"""tools/benchmark.py end to end on a tiny input: one run measures KGDet, RetinaNet and FCOS.
+"""tools/benchmark.py end to end on a tiny input: one run measures KGDet, RetinaNet and FCOS
+(and the exported KGDet in ONNX Runtime when the deploy extra is installed).
 
 Only the report's structure and the counted quantities are checked; wall-clock figures are
 printed by the tool, never asserted.
 """
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
+import pytest
+
+from kgdet.benchmark import summarize
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,7 +29,10 @@ def test_benchmark_reports_all_models_and_ratios(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| KGDet (kgdet_synth.yaml) |" in proc.stdout
     report = json.loads(out.read_text())
-    assert set(report["models"]) == {"kgdet", "retinanet", "fcos"}
+    expected = {"kgdet", "retinanet", "fcos"}
+    if importlib.util.find_spec("onnxruntime") is not None:
+        expected.add("kgdet_exported")
+    assert set(report["models"]) == expected
     kgdet = report["models"]["kgdet"]
     assert kgdet["params"] > 1_000_000
     flops = kgdet["flops"]["inference_path"]
@@ -33,3 +41,18 @@ def test_benchmark_reports_all_models_and_ratios(tmp_path):
     assert abs(flops["gflops_with_dcn"] - flops["gflops_without_dcn"] - flops["dcn_gmacs"]) < 1e-2
     for name in ("kgdet_over_retinanet_latency", "kgdet_over_fcos_latency"):
         assert report["ratios"][name] > 0
+    if "kgdet_exported" in expected:
+        exported = report["models"]["kgdet_exported"]
+        assert "| KGDet (kgdet_synth.yaml) exported, ONNX Runtime CPU |" in proc.stdout
+        assert exported["inference"]["runs"] == 1 and "train_step" not in exported
+        assert exported["params"] == kgdet["params"]
+        for name in ("kgdet_exported_over_kgdet_latency", "kgdet_exported_over_retinanet_latency"):
+            assert report["ratios"][name] > 0
+
+
+def test_summarize_uses_measurement_statistics():
+    stats = summarize([10.0, 20.0, 30.0, 100.0])
+    assert stats["median_ms"] == pytest.approx(25.0)
+    assert stats["mean_ms"] == pytest.approx(40.0)
+    assert (stats["min_ms"], stats["max_ms"], stats["runs"]) == (10.0, 100.0, 4)
+    assert stats["iqr_ms"] == pytest.approx(30.0)  # quartiles 17.5 and 47.5

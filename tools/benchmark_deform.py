@@ -4,9 +4,11 @@
 Times every ``impl`` (and a dense conv of the same shape as the floor) for 3x3 / 5x5 / 7x7
 kernels on a (1, 256, 25, 42) map (P5 of an 800x1333 input), round-robin so that load changes
 on a shared machine hit every implementation alike. Prints median and min in ms; ``--json``
-writes the numbers.
+writes the numbers. ``--onnx`` adds the two exported forms run by ONNX Runtime's CPU provider
+(``--threads`` intra-op threads): ONNX's ``DeformConv`` operator and the gather formulation
+exported as Gather + MatMul (what ``tools/deploy/export_model.py --deform-op`` chooses between).
 
-    python tools/benchmark_deform.py [--threads 2] [--runs 10] [--backward] [--json OUT]
+    python tools/benchmark_deform.py [--threads 2] [--runs 10] [--backward] [--onnx] [--json OUT]
 """
 
 import argparse
@@ -50,6 +52,39 @@ def _impls(padding: int) -> Dict[str, Callable]:
     }
 
 
+def _onnx_impls(k: int, channels: int, weight: torch.Tensor, threads: int, directory: str):
+    """ONNX Runtime sessions of one deformable conv exported as ``DeformConv`` and as the gather
+    formulation; returns {name: fn(x, offset, weight)} (the weight is baked into the graph)."""
+    import onnxruntime as ort
+
+    from kgdet.export.exporter import deform_impl, register_deform_conv_symbolic
+    from kgdet.modeling.deform_conv import KGDeformConv
+
+    register_deform_conv_symbolic(19)
+    module = KGDeformConv(channels, channels, k, k // 2).eval()
+    with torch.no_grad():
+        module.weight.copy_(weight.detach())
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    fns = {}
+    for name, impl in (("ort_DeformConv", "torchvision"), ("ort_gather", "gather")):
+        path = os.path.join(directory, f"{name}_k{k}.onnx")
+        x = torch.zeros(1, channels, 8, 8)
+        offset = torch.zeros(1, 2 * k * k, 8, 8)
+        with deform_impl(module, impl), torch.no_grad():
+            torch.onnx.export(
+                module, (x, offset), path, dynamo=False, opset_version=19,
+                input_names=["x", "offset"],
+                dynamic_axes={"x": {2: "h", 3: "w"}, "offset": {2: "h", 3: "w"}},
+            )  # fmt: skip
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        fns[name] = lambda x, off, w, s=session: s.run(
+            None, {"x": x.numpy(), "offset": off.numpy()}
+        )
+    return fns
+
+
 def benchmark(
     kernel_sizes=(3, 5, 7),
     channels: int = 256,
@@ -57,9 +92,12 @@ def benchmark(
     width: int = 42,
     runs: int = 10,
     backward: bool = False,
+    onnx_threads: int = 0,
 ) -> Dict[str, Dict[str, Dict[str, float]]]:
-    """Returns {"k3": {impl: {"median_ms", "min_ms"}}, ...}."""
+    """Returns {"k3": {impl: {"median_ms", "min_ms"}}, ...}; with ``onnx_threads`` > 0 (forward
+    only) also the ONNX Runtime forms."""
     results = {}
+    tmp = tempfile.TemporaryDirectory(prefix="kgdet_deform_onnx_")
     for k in kernel_sizes:
         torch.manual_seed(0)
         x = torch.randn(1, channels, height, width, requires_grad=backward)
@@ -71,12 +109,16 @@ def benchmark(
                 return lambda: fn(x, offset, weight)
             return lambda: fn(x, offset, weight).sum().backward()
 
+        impls = _impls(k // 2)
+        if onnx_threads > 0 and not backward:
+            impls.update(_onnx_impls(k, channels, weight, onnx_threads, tmp.name))
         with torch.set_grad_enabled(backward):
-            times = _round_robin({name: make(fn) for name, fn in _impls(k // 2).items()}, runs)
+            times = _round_robin({name: make(fn) for name, fn in impls.items()}, runs)
         results[f"k{k}"] = {
             name: {"median_ms": round(_median(t), 2), "min_ms": round(min(t), 2)}
             for name, t in times.items()
         }
+    tmp.cleanup()
     return results
 
 
@@ -85,11 +127,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--backward", action="store_true", help="time forward + backward")
+    parser.add_argument(
+        "--onnx", action="store_true", help="also time the ONNX Runtime forms (needs [deploy])"
+    )
     parser.add_argument("--json", default="", help="write the results to this json file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    results = benchmark(runs=args.runs, backward=args.backward)
+    onnx_threads = args.threads if args.onnx else 0
+    results = benchmark(runs=args.runs, backward=args.backward, onnx_threads=onnx_threads)
     names = list(next(iter(results.values())).keys())
     mode = "forward+backward" if args.backward else "forward (no grad)"
     print(f"KGDeformConv at (1, 256, 25, 42), {mode}, {args.threads} threads: median / min ms")

@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import deform_conv2d as tv_deform_conv2d
 
+from detectron2.layers.wrappers import shapes_to_tensor
+
 __all__ = ["KGDeformConv", "deform_conv2d_gather", "deform_conv2d_grid_sample", "DEFORM_IMPLS"]
 
 logger = logging.getLogger(__name__)
@@ -103,7 +105,8 @@ def _bilinear_corners(positions: Tensor, height: int, width: int) -> Tuple[Tenso
     low = torch.floor(positions.detach())
     frac = positions - low
     corners = torch.stack((low, low + 1), dim=-1)  # (N, ..., 2 axes, 2 corners)
-    limit = torch.tensor([height - 1, width - 1], device=low.device, dtype=low.dtype).view(2, 1)
+    # Traceable: under tracing the sizes are 0-dim tensors and stay inputs of the graph.
+    limit = shapes_to_tensor([height - 1, width - 1], low.device).to(low.dtype).view(2, 1)
     clamped = torch.clamp(corners, torch.zeros_like(limit), limit)
     weights = torch.stack((1 - frac, frac), dim=-1) * (clamped == corners)
     weights = weights[..., 0, :, None] * weights[..., 1, None, :]  # (N, ..., 2, 2)
@@ -158,6 +161,15 @@ def deform_conv2d_gather(
     if weight_matrix is None:
         weight_matrix = _weight_matrix(weight)
 
+    if torch.jit.is_tracing():
+        # A traced graph works for every input size: no chunking (its count depends on the size).
+        if torch.onnx.is_in_onnx_export():
+            # ONNX: a plain Gather of the 4 corners (embedding_bag exports as a loop per sample).
+            samples = (rows[index] * bilinear[..., None]).sum(1)
+        else:
+            samples = F.embedding_bag(index, rows, per_sample_weights=bilinear, mode="sum")
+        out = F.linear(samples.view(-1, taps * c), weight_matrix)
+        return out.view(n, ho, wo, out_ch).permute(0, 3, 1, 2)
     cells = n * ho * wo
     step = max(1, _CHUNK_BYTES // (taps * c * x.element_size()))
     outputs = []
@@ -193,7 +205,8 @@ def deform_conv2d_grid_sample(x: Tensor, offset: Tensor, weight: Tensor, padding
 
     positions = _sample_positions(offset, k, padding)
     # Padded frame: index 0 and H+1 are the zero border; align_corners=True maps -1..1 to 0..H+1.
-    scale = torch.tensor([2.0 / (h + 1), 2.0 / (w + 1)], device=x.device, dtype=positions.dtype)
+    # Traceable: under tracing the sizes are 0-dim tensors and stay inputs of the graph.
+    scale = 2.0 / shapes_to_tensor([h + 1, w + 1], x.device).to(positions.dtype)
     grid = ((positions + 1) * scale - 1).flip(-1)  # grid_sample wants (x, y)
     padded = F.pad(x, (1, 1, 1, 1)).contiguous(memory_format=torch.channels_last)
     samples = F.grid_sample(
@@ -282,7 +295,9 @@ class KGDeformConv(nn.Module):
     def _forward(self, x: Tensor, offset: Tensor, weight: Tensor) -> Tensor:
         impl = self.resolved_impl(x.device)
         if impl == "gather":
-            matrix = self._cached_weight_matrix() if weight is self.weight else None
+            # Not while tracing: the cached matrix would be stored as a second copy of the weight.
+            cached = weight is self.weight and not torch.jit.is_tracing()
+            matrix = self._cached_weight_matrix() if cached else None
             return deform_conv2d_gather(x, offset, weight, self.padding, matrix)
         if impl == "grid_sample":
             return deform_conv2d_grid_sample(x, offset, weight, self.padding)
