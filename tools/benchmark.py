@@ -33,6 +33,12 @@ import time
 import warnings
 from collections import Counter
 from typing import Any, Dict, List, Optional, Sequence
+
+with warnings.catch_warnings(record=True) as _import_warnings:
+    warnings.simplefilter("always")
+    from kgdet import cli  # imports Detectron2; its warnings are replayed, minus third-party ones
+cli.filter_third_party_warnings(replay=_import_warnings)
+
 import torch
 
 PROTOCOL_PREFIX = "@@BENCH "
@@ -804,9 +810,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="KGDet vs RetinaNet vs FCOS: params, FLOPs, latency, training step, memory",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--config-file", default="configs/kgdet_R50.yaml", metavar="FILE")
-    parser.add_argument("--size", nargs=2, type=int, default=[800, 1333], metavar=("H", "W"))
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--config-file", default="configs/kgdet_R50.yaml", metavar="FILE", help="KGDet config"
+    )
+    parser.add_argument(
+        "--size", nargs=2, type=int, default=[800, 1333], metavar=("H", "W"), help="input size"
+    )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--runs", type=int, default=10, help="timed inference runs per model")
     parser.add_argument("--warmup", type=int, default=2, help="untimed inference runs first")
     parser.add_argument("--train-runs", type=int, default=3, help="timed training steps (0: skip)")
@@ -826,7 +836,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar=("H", "W"),
         help="input for FLOPs (the paper's 3x1280x800)",
     )
-    parser.add_argument("--skip-flops", action="store_true")
+    parser.add_argument("--skip-flops", action="store_true", help="do not count FLOPs")
     parser.add_argument(
         "--quiet-wait",
         type=float,
@@ -850,19 +860,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--json", default="", metavar="OUT", help="write the report as json")
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
+    cli.add_debug_argument(parser)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KGDet config overrides KEY VALUE")
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    cli.pop_debug_flag(args.opts)
     if args.worker:
         run_worker(args)
-        return
-    if not os.path.isfile(args.config_file):
-        raise SystemExit(f"--config-file {args.config_file!r} does not exist")
+        return 0
+    return cli.run_main(lambda: _main(args), "benchmark.py", argv)
+
+
+def _main(args: argparse.Namespace) -> None:
+    cfg = build_kgdet_cfg(args.config_file, args.opts)  # ConfigError: one line, exit 2
     if args.num_classes is None:
-        args.num_classes = int(build_kgdet_cfg(args.config_file, args.opts).MODEL.KGDET.NUM_CLASSES)
+        args.num_classes = int(cfg.MODEL.KGDET.NUM_CLASSES)
     torch.set_num_threads(args.threads)
     report = run_benchmark(args)
     print(format_report(report))
@@ -872,4 +887,4 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

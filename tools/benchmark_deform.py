@@ -15,7 +15,14 @@ import os
 import platform
 import tempfile
 import time
+import warnings
 from typing import Callable, Dict, List
+
+with warnings.catch_warnings(record=True) as _import_warnings:
+    warnings.simplefilter("always")
+    from kgdet import cli  # imports Detectron2; its warnings are replayed, minus third-party ones
+cli.filter_third_party_warnings(replay=_import_warnings)
+
 import torch
 import torch.nn.functional as F
 from torchvision.ops import deform_conv2d
@@ -83,7 +90,7 @@ def benchmark(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--runs", type=int, default=10, help="timed runs per case (median, min)")
     parser.add_argument("--backward", action="store_true", help="time forward + backward")
     parser.add_argument("--json", default="", help="write the results to this json file")
     args = parser.parse_args()

@@ -464,6 +464,12 @@ class KGDet(DenseDetector):
             # (hidden by Detectron2's Visualizer; ignored by OKS).
             kp_scores = result.scores[:, None] * self.class_keypoint_mask[result.pred_classes]
             result.pred_keypoints = torch.cat((xy, kp_scores[..., None].to(xy.dtype)), dim=-1)
+            if final.get("vis") is not None:
+                # Keypoint selection predicts whether each keypoint is in view: the one real
+                # per-keypoint confidence, (N, K) in [0, 1], 0 outside the class's slots.
+                vis = self._gather_cells(final["vis"], img_idx[keep], cells).sigmoid()
+                mask = self.class_keypoint_mask[result.pred_classes]
+                result.pred_keypoint_visibility = vis * mask.to(vis.dtype)
         return result
 
 
