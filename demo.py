@@ -4,6 +4,8 @@
     python demo.py --config-file configs/kgdet_synth.yaml --input IMG_OR_DIR_OR_GLOB [...] \
         --output DIR [--confidence-threshold 0.3] [--keypoint-threshold 0.5] \
         MODEL.WEIGHTS output/kgdet_synth/model_final.pth
+    python demo.py --config-file configs/kgdet_synth.yaml --dataset kgdet_synth_val \
+        --output output/kgdet_synth/demo MODEL.WEIGHTS output/kgdet_synth/model_final.pth
 
 For every readable input image it writes ``DIR/<name>.jpg`` and, at the end,
 ``DIR/predictions.json``. The picture shows the detections scoring at least the confidence
@@ -43,7 +45,7 @@ cli.filter_third_party_warnings(replay=_import_warnings)
 import cv2
 import tqdm
 
-from detectron2.data import MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.engine import DefaultPredictor
 from detectron2.utils.logger import setup_logger
@@ -64,8 +66,20 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--input",
         nargs="+",
-        required=True,
+        default=[],
         help="image files, directories (all images inside) or glob patterns",
+    )
+    parser.add_argument(
+        "--dataset",
+        default=None,
+        metavar="NAME",
+        help="instead of --input: the images of a registered dataset, e.g. kgdet_synth_val",
+    )
+    parser.add_argument(
+        "--num-images",
+        type=int,
+        default=8,
+        help="with --dataset: how many of its images, from the first (<= 0: all)",
     )
     parser.add_argument("--output", required=True, help="output directory")
     parser.add_argument(
@@ -108,8 +122,10 @@ def parse_args(argv: Sequence[str] = None) -> argparse.Namespace:
     if unknown:
         get_parser().error(f"unrecognized arguments: {' '.join(unknown)}")
     args.opts = list(rest) + list(args.opts)
-    if not args.input:
-        get_parser().error("--input needs at least one image, directory or glob pattern")
+    if bool(args.input) == bool(args.dataset):
+        get_parser().error(
+            "give either --input (images, directories or glob patterns) or --dataset NAME"
+        )
     return args
 
 
@@ -151,6 +167,15 @@ def expand_inputs(inputs: Sequence[str]) -> List[str]:
             logger.warning(f"--input '{item}' matched no image")
         paths.extend(found)
     return list(dict.fromkeys(paths))
+
+
+def dataset_images(name: str, num_images: int) -> List[str]:
+    """File names of the first ``num_images`` records (<= 0: all) of a registered dataset."""
+    cli.check_datasets([name], "--dataset")
+    records = DatasetCatalog.get(name)
+    if num_images > 0:
+        records = records[:num_images]
+    return [r["file_name"] for r in records]
 
 
 def _output_names(paths: Sequence[str]) -> Dict[str, str]:
@@ -204,8 +229,11 @@ def run_demo(args: argparse.Namespace) -> Tuple[int, int]:
     cfg = setup_cfg(args)
     dataset = cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else cfg.DATASETS.TRAIN[0]
     metadata = MetadataCatalog.get(dataset)
-    cli.check_input_paths(args.input, "--input")
-    paths = expand_inputs(args.input)
+    if args.dataset:
+        paths = dataset_images(args.dataset, args.num_images)
+    else:
+        cli.check_input_paths(args.input, "--input")
+        paths = expand_inputs(args.input)
     if not paths:
         raise cli.UsageError(
             f"--input {' '.join(args.input)} matched no image: expected image files, "
