@@ -9,7 +9,7 @@ Examples:
 Differences from Detectron2's tools/train_net.py: the data loaders use ``KGDetDatasetMapper``
 (keypoints with visibility and class slots), the evaluator is chosen from the dataset's
 metadata by ``kgdet.evaluation.build_kgdet_evaluator``, and the optimizer clips the gradient
-norm of the whole model jointly (``kgdet.solver``, docs/DESIGN.md §6).
+norm of the whole model jointly (``kgdet.solver``, docs/DESIGN.md §9).
 
 Ordinary mistakes (missing config or weights file, unknown config key, unregistered dataset) end
 in one line and exit status 2; ``--debug`` (or ``KGDET_DEBUG=1``) shows the traceback.

@@ -1,4 +1,4 @@
-"""Predictor demo (issue 4 item 4) on synthetic images only (no DeepFashion2 image is used)."""
+"""Predictor demo on synthetic images only (no DeepFashion2 image is used)."""
 
 import importlib.util
 import json

@@ -1,10 +1,10 @@
-"""DeepFashion2 evaluation through ``Trainer.build_evaluator`` vs plain pycocotools (issue 4).
+"""DeepFashion2 evaluation through ``Trainer.build_evaluator`` vs plain pycocotools.
 
 The 32-image DeepFashion2 demo set (read in place from ../shared) is registered as a DF2 dataset;
 ``Instances`` built from its ground truth with known perturbations (jitter, misses, wrong
 classes, false positives) go through the evaluator ``train_net.Trainer.build_evaluator`` picks.
 Box AP and keypoint AP must equal stock pycocotools ``COCOeval`` with the official 294 sigmas on
-the same predictions written in the official submission format (DATASETS.md §1.8).
+the same predictions written in the official submission format (docs/DESIGN.md §15.3).
 """
 
 import contextlib

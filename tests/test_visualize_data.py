@@ -1,4 +1,4 @@
-"""Dataset viewer (issue 4 item 5) on a tiny synthetic dataset registered as dicts."""
+"""Dataset viewer on a tiny synthetic dataset registered as dicts."""
 
 import importlib.util
 import numpy as np

@@ -3,7 +3,7 @@
 
 For every model (random init, nothing downloaded): trainable parameters, FLOPs (fvcore through
 ``detectron2.utils.analysis.FlopCountAnalysis``; deformable convolutions counted by a separate
-op handle and reported apart, as the paper's counter ignores them, KGDET_SPEC §11.3), inference
+op handle and reported apart, as the paper's counter ignores them, docs/DESIGN.md §11.2), inference
 latency (median and min–max over ``--runs`` after warm-up), the latency of the model's own
 backbone+FPN as inference runs it, training-step time (forward, backward, SGD step on one image
 with random ground truth) and peak memory (max resident set size).
@@ -45,7 +45,7 @@ PROTOCOL_PREFIX = "@@BENCH "
 BASELINES = ("retinanet", "fcos")
 DISPLAY_NAMES = {"retinanet": "RetinaNet R50-FPN", "fcos": "FCOS R50-FPN"}
 
-# Targets of issue 5, item 4 (CPU, 800x1333) and the paper's Table 1 FLOPs (KGDET_SPEC §11.1).
+# The project's CPU latency targets (800x1333) and the paper's Table 1 FLOPs (docs/DESIGN.md §11.1).
 TARGET_VS_RETINANET = 0.80
 TARGET_VS_FCOS = 0.90
 TARGET_VS_BACKBONE = 1.60
@@ -265,7 +265,7 @@ def _new_analysis(model: torch.nn.Module, inputs: Any, detectron2_inputs: bool):
 def count_flops(model: torch.nn.Module, image: torch.Tensor, full_fpn: bool = False) -> Dict:
     """fvcore FLOPs (multiply-accumulates, fvcore's and the paper's unit) of one inference, in G.
 
-    Returns the total without deformable convs (the paper's counting, KGDET_SPEC §11.3), the
+    Returns the total without deformable convs (the paper's counting, docs/DESIGN.md §11.2), the
     deformable convs apart (as dense-conv MACs), backbone+FPN / head / pre- and post-processing
     counts, per-operator counts and the ops fvcore could not count.
 

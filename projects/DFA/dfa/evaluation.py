@@ -23,7 +23,7 @@ def evaluate_dfa(
     cfg, model, dataset_name: str, output_dir: Optional[str] = None, batch_size: int = 4
 ) -> Dict[str, Dict[str, float]]:
     """FLDEvaluator results of ``model`` (all its ``test_stages``) on ``dataset_name``."""
-    from kgdet.evaluation import FLDEvaluator  # the shared NE/PDL implementation (TEAM.md)
+    from kgdet.evaluation import FLDEvaluator  # the shared NE/PDL implementation
 
     loader = build_dfa_test_loader(cfg, dataset_name, batch_size=batch_size)
     evaluator = FLDEvaluator(dataset_name, distributed=False, output_dir=output_dir)

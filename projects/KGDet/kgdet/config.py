@@ -1,4 +1,4 @@
-"""Config keys of KGDet, all under ``MODEL.KGDET`` (names and defaults: docs/DESIGN.md §1).
+"""Config keys of KGDet, all under ``MODEL.KGDET`` (names and defaults: docs/DESIGN.md §14).
 
 Test-time keys follow RetinaNet's naming (``*_TEST``).
 """
@@ -185,7 +185,7 @@ def add_kgdet_config(cfg: CN) -> None:
     # Visibility BCE weight (keypoint-selection variant only).
     k.VIS_WEIGHT = 1.0
 
-    # ---- flip fusion (paper Table 4 "flip"; docs/DESIGN.md §7) ------------------------------
+    # ---- flip fusion (paper Table 4 "flip"; docs/DESIGN.md §8.4) ----------------------------
     k.FLIP_FUSION = False
 
     # ---- inference -------------------------------------------------------------------------
