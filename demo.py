@@ -16,7 +16,7 @@ draws keypoints below the keypoint threshold hollow. ``predictions.json`` holds 
 above the confidence threshold, unmerged:
 ``{"images": [{"file_name", "height", "width", "instances": [{"bbox": [x1, y1, x2, y2],
 "score", "category_id" (contiguous), "category_name", "keypoints": [{"slot", "name", "x", "y",
-"score"}, ...]}]}], "skipped": [{"file_name", "error"}]}`` -- coordinates are Detectron2's
+"score"}, ...]}]}], "skipped": [{"file_name", "error"}]}`` — coordinates are Detectron2's
 continuous image coordinates of the original image. Images that cannot be read are skipped with a
 counted warning; the others are still written. Config overrides may follow the arguments
 (``KEY VALUE`` pairs) or ``--opts``.
