@@ -129,7 +129,7 @@ def test_trained_model_loads_in_default_predictor(trained):
     image = (rng.random((100, 140, 3)) * 255).astype(np.uint8)  # BGR, like cv2.imread
     instances = predictor(image)["instances"]
     assert len(instances) > 0
-    assert instances.pred_keypoints.shape == (len(instances), 50, 3)
+    assert instances.pred_keypoints.shape == (len(instances), 108, 3)
     assert instances.image_size == (100, 140)
 
 

@@ -159,6 +159,8 @@ def add_kgdet_config(cfg: CN) -> None:
     k.CLS_ON_ALL_STAGES = True
     # Deformable convolution implementation: "auto", "detectron2", "torchvision" or "grid_sample".
     k.DEFORM_IMPL = "auto"
+    # Channels-last (NHWC) weights and images: a speed setting, equal results up to rounding.
+    k.CHANNELS_LAST = False
 
     # ---- assignment ------------------------------------------------------------------------
     k.POINT_BASE_SCALE = 4

@@ -1,14 +1,16 @@
-"""Synthetic garment datasets: the embedded default data (issue 2 item 5).
+"""Synthetic garment datasets: the embedded default data.
 
 One deterministic generator parameterised by a keypoint layout (``synthetic_layouts``) renders
-textured garment silhouettes whose outline follows their keypoints (``synthetic_render``). Two
-layouts are registered:
+DeepFashion2-like outfits — one to three textured garments worn on a person, a top above a
+bottom or a one-piece dress, with skin, hair, bags and arms that occlude them — whose outlines
+follow their keypoints (``synthetic_render``). Two layouts are registered:
 
-- ``kgdet_synth_train`` / ``kgdet_synth_val``: DF2-like, 4 classes with disjoint contiguous
-  keypoint blocks (K = 50), ``evaluator_type="deepfashion2"``;
+- ``kgdet_synth_train`` / ``kgdet_synth_val``: DF2-like, 7 classes with disjoint contiguous
+  keypoint blocks of their own lengths (K = 108) and DeepFashion2's official OKS sigmas per
+  landmark kind, ``evaluator_type="deepfashion2"``;
 - ``dfa_synth_train`` / ``dfa_synth_val``: the FLD layout (3 classes, 8 shared slots, visible /
   occluded / truncated), ``evaluator_type="fld"``; annotations carry ``fld_visibility`` and
-  ``variation_type`` as in the FLD contract (TEAM.md).
+  ``variation_type`` as FLD's annotation files do.
 
 Datasets are generated on first ``DatasetCatalog.get`` into
 ``$KGDET_SYNTH_CACHE/<name>_<hash>/`` (default root ``~/.cache/kgdet/synthetic``), where the hash
@@ -17,8 +19,9 @@ files. Output is built in a temporary directory and renamed into place, so concu
 never see partial output. Default sizes (overridable by env vars ``KGDET_SYNTH_NUM_TRAIN``,
 ``KGDET_SYNTH_NUM_VAL``, ``KGDET_SYNTH_IMAGE_SIZE``) take a few seconds to generate.
 
-OKS sigmas: every synthetic keypoint gets ``SYNTHETIC_OKS_SIGMA = 0.025`` — a fixed declared
-value (about DeepFashion2's typical sigma), not tuned to any result.
+OKS sigmas: each synthetic landmark gets DeepFashion2's official sigma of the corresponding
+landmark of the DeepFashion2 class it imitates (``synthetic_layouts.DF2_SIGMA_SOURCES``), fixed
+by that correspondence and not tuned to any result.
 """
 
 import hashlib
@@ -39,7 +42,6 @@ from .synthetic_layouts import DF2_LIKE_LAYOUT, FLD_LAYOUT, LAYOUTS, KeypointLay
 from .synthetic_render import render_synthetic_image
 
 __all__ = [
-    "SYNTHETIC_OKS_SIGMA",
     "SYNTHETIC_DATASETS",
     "KeypointLayout",
     "DF2_LIKE_LAYOUT",
@@ -55,8 +57,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 2  # bump whenever the rendered data changes
-SYNTHETIC_OKS_SIGMA = 0.025
+GENERATOR_VERSION = 3  # bump whenever the rendered data changes
 DEFAULT_IMAGE_SIZE = 320  # long side in pixels
 DATASET_JSON = "dataset.json"
 
@@ -71,8 +72,8 @@ _COUNT_ENV = {"train": "KGDET_SYNTH_NUM_TRAIN", "val": "KGDET_SYNTH_NUM_VAL"}
 
 
 def synthetic_metadata(layout: Union[str, KeypointLayout]) -> Dict:
-    """MetadataCatalog fields for a synthetic layout (contract of TEAM.md)."""
-    return get_layout(layout).metadata(SYNTHETIC_OKS_SIGMA)
+    """Detectron2 ``MetadataCatalog`` fields of a dataset drawn with ``layout``."""
+    return get_layout(layout).metadata()
 
 
 def _env_int(var: str, default: int) -> int:

@@ -9,11 +9,13 @@ its ``right_*`` partner, which is exactly what the layouts' flip maps say.
 
 A *layout* (``KeypointLayout``) turns shapes into dataset classes and keypoint slots:
 
-- ``DF2_LIKE_LAYOUT``: 4 classes with disjoint, contiguous class blocks whose keypoints are the
-  outline vertices themselves (as in DeepFashion2, where landmarks trace the garment contour);
-- ``FLD_LAYOUT``: the FLD layout of DATASETS.md §2.3 / KGDET_SPEC §8.5 — 3 clothing types and
-  8 shared slots (L/R collar, L/R sleeve, L/R waistline, L/R hem); a slot is a vertex or the
-  midpoint of several vertices (e.g. the sleeve landmark is the middle of the cuff).
+- ``DF2_LIKE_LAYOUT``: 7 classes (tops and dresses with short or long sleeves, shorts, trousers,
+  a flared skirt) with disjoint, contiguous class blocks of their own lengths whose keypoints are
+  the outline vertices themselves (as in DeepFashion2, where landmarks trace the garment
+  contour; K = 108), and DeepFashion2's official OKS sigma for each landmark kind;
+- ``FLD_LAYOUT``: the FLD layout (Liu et al., ECCV 2016, Sec. 3) — 3 clothing types and 8 shared
+  slots (L/R collar, L/R sleeve, L/R waistline, L/R hem); a slot is a vertex or the midpoint of
+  several vertices (e.g. the sleeve landmark is the middle of the cuff).
 """
 
 import math
@@ -22,11 +24,16 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Sequence, Tuple, Union
 
+from .deepfashion2_meta import DF2_KEYPOINT_OKS_SIGMAS, DF2_KEYPOINT_SLOT_RANGES
 from .fld_meta import FLD_CLASS_KEYPOINT_SLOTS, FLD_CLASS_NAMES, FLD_KEYPOINT_NAMES
 
 __all__ = [
     "KeypointLayout",
     "SHAPE_BUILDERS",
+    "SHAPE_ROLES",
+    "DF2_SIGMA_SOURCES",
+    "landmark_kind",
+    "df2_sigma",
     "DF2_LIKE_LAYOUT",
     "FLD_LAYOUT",
     "LAYOUTS",
@@ -60,55 +67,71 @@ def mirror_vertices(vertices: Vertices) -> Vertices:
     return mirrored
 
 
-def _sleeve(shoulder, length, angle_deg, cuff_width, side):
-    """Outer and inner cuff points of a sleeve hanging from ``shoulder`` (side +1 right, -1 left).
-
-    ``angle_deg`` is measured from straight down, opening outwards.
-    """
+def _direction(angle_deg: float, side: int) -> np.ndarray:
+    """Unit vector ``angle_deg`` from straight down, opening outwards on ``side`` (+1 / -1)."""
     a = math.radians(angle_deg)
-    direction = np.array([side * math.sin(a), math.cos(a)])
-    inward = np.array([-side * math.cos(a), math.sin(a)])  # perpendicular, towards the body
-    outer = np.asarray(shoulder) + length * direction
-    inner = outer + cuff_width * inward
-    return tuple(outer), tuple(inner)
+    return np.array([side * math.sin(a), math.cos(a)])
+
+
+def _inward(angle_deg: float, side: int) -> np.ndarray:
+    """Unit normal of :func:`_direction` pointing towards the body."""
+    a = math.radians(angle_deg)
+    return np.array([-side * math.cos(a), math.sin(a)])
+
+
+def _sleeve(rng: np.random.Generator, shoulder, long_sleeves: bool, side: int, prefix: str):
+    """Sleeve vertices from the shoulder outwards and back, in contour order.
+
+    Short sleeves: cuff outer, cuff inner. Long sleeves: outer elbow, cuff outer, cuff inner,
+    inner elbow (the arm may bend at the elbow). ``side`` is +1 for the image-right sleeve.
+    """
+    shoulder = np.asarray(shoulder)
+    if not long_sleeves:
+        angle = _u(rng, 25.0, 60.0)
+        outer = shoulder + _u(rng, 0.20, 0.30) * _direction(angle, side)
+        inner = outer + _u(rng, 0.13, 0.18) * _inward(angle, side)
+        return [(f"{prefix}_sleeve_outer", tuple(outer)), (f"{prefix}_sleeve_inner", tuple(inner))]
+    upper, bend = _u(rng, 10.0, 35.0), _u(rng, -10.0, 20.0)
+    elbow_outer = shoulder + _u(rng, 0.30, 0.38) * _direction(upper, side)
+    cuff_outer = elbow_outer + _u(rng, 0.28, 0.36) * _direction(upper + bend, side)
+    cuff_inner = cuff_outer + _u(rng, 0.08, 0.11) * _inward(upper + bend, side)
+    elbow_inner = elbow_outer + _u(rng, 0.11, 0.14) * _inward(upper + bend / 2, side)
+    return [
+        (f"{prefix}_elbow_outer", tuple(elbow_outer)),
+        (f"{prefix}_sleeve_outer", tuple(cuff_outer)),
+        (f"{prefix}_sleeve_inner", tuple(cuff_inner)),
+        (f"{prefix}_elbow_inner", tuple(elbow_inner)),
+    ]
 
 
 def _top_like(rng: np.random.Generator, long_sleeves: bool, length: float, dress: bool) -> Vertices:
     """Upper-body outline (tops and dresses): collar, shoulders, sleeves, sides, hem.
 
-    Contour order: collar L, C, R; right side downwards; hem R, C, L; left side upwards.
-    Left and right sleeves get independent angles (pose asymmetry).
+    Contour order: collar L, C, R; right side downwards; hem R, C, L; left side upwards. Tops
+    have one side point (``side``), dresses a waist and a hip point; long sleeves add the two
+    elbow points. Left and right sleeves get independent angles (pose asymmetry).
     """
     body = _u(rng, 0.30, 0.40)  # half-width at the armpit
     shoulder_x = body * _u(rng, 1.0, 1.12)
     neck = _u(rng, 0.08, 0.13)
     drop = _u(rng, 0.03, 0.08)
     armpit_y = _u(rng, 0.22, 0.30)
-    if long_sleeves:
-        sleeve_len, cuff = _u(rng, 0.55, 0.75), _u(rng, 0.08, 0.11)
-        low, high = 18.0, 40.0
-    else:
-        sleeve_len, cuff = _u(rng, 0.20, 0.30), _u(rng, 0.13, 0.18)
-        low, high = 30.0, 65.0
     if dress:
-        side_name, side_y = "waist", _u(rng, 0.40, 0.50)
-        side_x = body * _u(rng, 0.75, 0.90)
-        hem_x = _u(rng, 0.42, 0.62)
+        waist_y, waist_x = _u(rng, 0.42, 0.52), body * _u(rng, 0.72, 0.88)
+        hip_y, hip_x = _u(rng, 0.68, 0.80), body * _u(rng, 0.95, 1.15)
+        hem_x = _u(rng, 0.42, 0.68)
+        sides = [("waist", waist_x, waist_y), ("hip", hip_x, hip_y)]
     else:
-        side_name, side_y = "side", _u(rng, 0.55, 0.65)
-        side_x = body * _u(rng, 0.88, 1.0)
+        sides = [("side", body * _u(rng, 0.88, 1.0), _u(rng, 0.55, 0.65))]
         hem_x = body * _u(rng, 0.95, 1.10)
 
     def side_points(side: int, prefix: str) -> List[Tuple[str, Tuple[float, float]]]:
         shoulder = (side * shoulder_x, drop)
-        outer, inner = _sleeve(shoulder, sleeve_len, _u(rng, low, high), cuff, side)
-        return [
-            (f"{prefix}_shoulder", shoulder),
-            (f"{prefix}_sleeve_outer", outer),
-            (f"{prefix}_sleeve_inner", inner),
-            (f"{prefix}_armpit", (side * body, armpit_y)),
-            (f"{prefix}_{side_name}", (side * side_x, side_y)),
-        ]
+        points = [(f"{prefix}_shoulder", shoulder)]
+        points += _sleeve(rng, shoulder, long_sleeves, side, prefix)
+        points.append((f"{prefix}_armpit", (side * body, armpit_y)))
+        points += [(f"{prefix}_{name}", (side * x, y)) for name, x, y in sides]
+        return points
 
     v = OrderedDict()
     v["left_collar"] = (-neck, 0.0)
@@ -138,8 +161,8 @@ def short_sleeve_dress(rng: np.random.Generator) -> Vertices:
     return _top_like(rng, long_sleeves=False, length=_u(rng, 1.55, 2.0), dress=True)
 
 
-def _legwear(rng: np.random.Generator, length: float) -> Vertices:
-    """Trousers / shorts: waistband, hips, two legs and the crotch."""
+def _legwear(rng: np.random.Generator, length: float, knees: bool) -> Vertices:
+    """Trousers / shorts: waistband, hips, two legs (trousers with knee points), the crotch."""
     waist = _u(rng, 0.26, 0.34)
     hip = waist * _u(rng, 1.02, 1.15)
     hip_y = _u(rng, 0.18, 0.28)
@@ -153,26 +176,32 @@ def _legwear(rng: np.random.Generator, length: float) -> Vertices:
     legs = {}
     for side in (1, -1):
         spread = math.radians(_u(rng, -2, 10))  # leg opening angle from vertical
-        leg_w = _u(rng, 0.17, 0.24) if length > 0.8 else _u(rng, 0.22, 0.30)
+        leg_w = _u(rng, 0.17, 0.24) if knees else _u(rng, 0.22, 0.30)
         out_top = np.array([side * hip, hip_y])
         out_bottom = out_top + (length - hip_y) * np.array([side * math.sin(spread), 1.0])
         leg_w = min(leg_w, 0.8 * abs(out_bottom[0]))  # keep the two legs apart
         in_bottom = out_bottom - np.array([side * leg_w, 0.0])
-        legs[side] = (tuple(out_bottom), tuple(in_bottom))
-    v["right_hem_outer"], v["right_hem_inner"] = legs[1]
+        points = [("hem_outer", out_bottom), ("hem_inner", in_bottom)]
+        if knees:  # half-way down the leg, the inner knee a leg width in
+            t = _u(rng, 0.45, 0.55)
+            knee_out = out_top + t * (out_bottom - out_top)
+            knee_w = leg_w * _u(rng, 1.05, 1.25)
+            knee_in = knee_out - np.array([side * min(knee_w, 0.85 * abs(knee_out[0])), 0.0])
+            points = [("knee_outer", knee_out)] + points + [("knee_inner", knee_in)]
+        legs[side] = [(name, tuple(p)) for name, p in points]
+    v.update((f"right_{name}", p) for name, p in legs[1])
     v["crotch"] = (0.0, crotch_y)
-    v["left_hem_inner"] = legs[-1][1]
-    v["left_hem_outer"] = legs[-1][0]
+    v.update((f"left_{name}", p) for name, p in reversed(legs[-1]))
     v["left_hip"] = (-hip, hip_y)
     return v
 
 
 def trousers(rng: np.random.Generator) -> Vertices:
-    return _legwear(rng, length=_u(rng, 1.35, 1.7))
+    return _legwear(rng, length=_u(rng, 1.35, 1.7), knees=True)
 
 
 def shorts(rng: np.random.Generator) -> Vertices:
-    return _legwear(rng, length=_u(rng, 0.55, 0.75))
+    return _legwear(rng, length=_u(rng, 0.55, 0.75), knees=False)
 
 
 def skirt(rng: np.random.Generator) -> Vertices:
@@ -181,7 +210,7 @@ def skirt(rng: np.random.Generator) -> Vertices:
     hip = waist * _u(rng, 1.05, 1.25)
     hip_y = _u(rng, 0.15, 0.25)
     length = _u(rng, 0.55, 1.0)
-    hem = hip * _u(rng, 1.05, 1.6)
+    hem = hip * _u(rng, 1.15, 1.7)
     v = OrderedDict()
     v["left_waist"] = (-waist, 0.0)
     v["center_waist"] = (0.0, _u(rng, 0.0, 0.03))
@@ -203,6 +232,127 @@ SHAPE_BUILDERS: Dict[str, Callable[[np.random.Generator], Vertices]] = {
     "shorts": shorts,
     "skirt": skirt,
 }
+# Where a shape is worn in an outfit: "top" (upper body), "bottom" (from the waist down) or
+# "one_piece" (a dress, from the collar down).
+SHAPE_ROLES: Dict[str, str] = {
+    "short_sleeve_top": "top",
+    "long_sleeve_top": "top",
+    "short_sleeve_dress": "one_piece",
+    "long_sleeve_dress": "one_piece",
+    "trousers": "bottom",
+    "shorts": "bottom",
+    "skirt": "bottom",
+}
+
+# OKS sigma of every synthetic landmark, taken from DeepFashion2's official 294 sigmas: each
+# shape borrows the sigmas of the DeepFashion2 class it imitates, landmark kind by landmark kind.
+# shape -> (DeepFashion2 category id 1..13, {landmark kind: 1-based landmark number in that
+# category}); a vertex's kind is its name without the ``left_`` / ``right_`` prefix. Left and
+# right landmarks of one kind have equal official sigmas, so the image-right one is cited.
+DF2_SIGMA_SOURCES: Dict[str, Tuple[int, Dict[str, int]]] = {
+    "short_sleeve_top": (
+        1,
+        {
+            "center_collar": 1,
+            "collar": 2,
+            "shoulder": 7,
+            "sleeve_outer": 9,
+            "sleeve_inner": 10,
+            "armpit": 11,
+            "side": 13,
+            "hem": 15,
+            "center_hem": 16,
+        },
+    ),
+    "long_sleeve_top": (
+        2,
+        {
+            "center_collar": 1,
+            "collar": 2,
+            "shoulder": 7,
+            "elbow_outer": 9,
+            "sleeve_outer": 11,
+            "sleeve_inner": 12,
+            "elbow_inner": 14,
+            "armpit": 16,
+            "side": 17,
+            "hem": 19,
+            "center_hem": 20,
+        },
+    ),
+    "shorts": (
+        7,
+        {
+            "waist": 1,
+            "center_waist": 2,
+            "hip": 4,
+            "hem_outer": 5,
+            "hem_inner": 6,
+            "crotch": 7,
+        },
+    ),
+    "trousers": (
+        8,
+        {
+            "waist": 1,
+            "center_waist": 2,
+            "hip": 4,
+            "knee_outer": 5,
+            "hem_outer": 6,
+            "hem_inner": 7,
+            "knee_inner": 8,
+            "crotch": 9,
+        },
+    ),
+    "skirt": (9, {"waist": 1, "center_waist": 2, "hip": 4, "hem": 5, "center_hem": 6}),
+    "short_sleeve_dress": (
+        10,
+        {
+            "center_collar": 1,
+            "collar": 2,
+            "shoulder": 7,
+            "sleeve_outer": 9,
+            "sleeve_inner": 10,
+            "armpit": 11,
+            "waist": 13,
+            "hip": 15,
+            "hem": 17,
+            "center_hem": 18,
+        },
+    ),
+    "long_sleeve_dress": (
+        11,
+        {
+            "center_collar": 1,
+            "collar": 2,
+            "shoulder": 7,
+            "elbow_outer": 9,
+            "sleeve_outer": 11,
+            "sleeve_inner": 12,
+            "elbow_inner": 14,
+            "armpit": 16,
+            "waist": 18,
+            "hip": 19,
+            "hem": 21,
+            "center_hem": 22,
+        },
+    ),
+}
+
+
+def landmark_kind(vertex: str) -> str:
+    """A vertex's landmark kind: its name without the ``left_`` / ``right_`` prefix."""
+    for prefix in ("left_", "right_"):
+        if vertex.startswith(prefix):
+            return vertex[len(prefix) :]
+    return vertex
+
+
+def df2_sigma(shape: str, vertex: str) -> float:
+    """DeepFashion2's official OKS sigma for ``vertex`` of ``shape`` (see DF2_SIGMA_SOURCES)."""
+    category, numbers = DF2_SIGMA_SOURCES[shape]
+    start = DF2_KEYPOINT_SLOT_RANGES[category - 1][0]
+    return float(DF2_KEYPOINT_OKS_SIGMAS[start + numbers[landmark_kind(vertex)] - 1])
 
 
 @dataclass(frozen=True)
@@ -216,6 +366,8 @@ class KeypointLayout:
         keypoint_names: K unique global slot names.
         class_keypoint_sources: per class, ``{global slot: source}``; the source is a vertex
             name or a tuple of vertex names (their mean), valid for every shape of the class.
+        keypoint_oks_sigmas: K OKS sigmas (DeepFashion2's official value of the corresponding
+            landmark kind, see ``DF2_SIGMA_SOURCES``).
         evaluator_type: "deepfashion2" (COCO box + keypoint AP) or "fld" (box AP + NE/PDL).
         fld_format: annotations also carry ``fld_visibility`` and ``variation_type``.
     """
@@ -225,6 +377,7 @@ class KeypointLayout:
     class_shapes: Tuple[Tuple[str, ...], ...]
     keypoint_names: Tuple[str, ...]
     class_keypoint_sources: Tuple[Dict[int, KeypointSource], ...]
+    keypoint_oks_sigmas: Tuple[float, ...]
     evaluator_type: str
     fld_format: bool = False
 
@@ -257,42 +410,58 @@ class KeypointLayout:
             perm[index[a]], perm[index[b]] = index[b], index[a]
         return perm
 
-    def metadata(self, oks_sigma: float) -> dict:
-        """MetadataCatalog fields of the shared contract (TEAM.md)."""
+    def metadata(self) -> dict:
+        """Detectron2 ``MetadataCatalog`` fields of a dataset drawn with this layout."""
         return dict(
             thing_classes=list(self.thing_classes),
             keypoint_names=list(self.keypoint_names),
             keypoint_flip_map=[tuple(p) for p in self.flip_pairs],
             class_keypoint_slots=self.class_keypoint_slots,
-            keypoint_oks_sigmas=[float(oks_sigma)] * self.num_keypoints,
+            keypoint_oks_sigmas=list(self.keypoint_oks_sigmas),
             evaluator_type=self.evaluator_type,
         )
 
 
 def _df2_like_layout() -> KeypointLayout:
-    """One class per shape; the class's keypoints are all of its outline vertices, in order."""
-    classes = ("short_sleeve_top", "trousers", "skirt", "long_sleeve_dress")
+    """One class per shape (7 classes, in DeepFashion2's category order); a class's keypoints are
+    all of its outline vertices in contour order, one contiguous block per class (K = 108)."""
+    classes = (
+        "short_sleeve_top",
+        "long_sleeve_top",
+        "shorts",
+        "trousers",
+        "skirt",
+        "short_sleeve_dress",
+        "long_sleeve_dress",
+    )
     probe = np.random.default_rng(0)
     names: List[str] = []
+    sigmas: List[float] = []
     sources: List[Dict[int, KeypointSource]] = []
     for cls in classes:
         block = {}
         for vertex in SHAPE_BUILDERS[cls](probe):
             block[len(names)] = vertex
             names.append(f"{cls}_{vertex}")
+            sigmas.append(df2_sigma(cls, vertex))
         sources.append(block)
     return KeypointLayout(
-        name="df2_like_v1",
+        name="df2_like_v2",
         thing_classes=classes,
         class_shapes=tuple((c,) for c in classes),
         keypoint_names=tuple(names),
         class_keypoint_sources=tuple(sources),
+        keypoint_oks_sigmas=tuple(sigmas),
         evaluator_type="deepfashion2",
     )
 
 
 def _fld_layout() -> KeypointLayout:
-    """FLD: Upper {0,1,2,3,6,7}, Lower {4,5,6,7}, Whole all 8 (DATASETS.md §2.3)."""
+    """FLD: Upper {0,1,2,3,6,7}, Lower {4,5,6,7}, Whole all 8 (the FLD landmark definition).
+
+    FLD has no OKS sigmas of its own; each slot gets the DeepFashion2 sigma of its landmark kind
+    on the short-sleeve top (collar, cuff, hem) and on trousers (waist).
+    """
     collar = {0: "left_collar", 1: "right_collar"}
     sleeve = {
         2: ("left_sleeve_outer", "left_sleeve_inner"),
@@ -308,9 +477,12 @@ def _fld_layout() -> KeypointLayout:
         7: ("right_hem_outer", "right_hem_inner"),
     }
     whole = {**collar, **sleeve, 4: "left_waist", 5: "right_waist", 6: "left_hem", 7: "right_hem"}
+    top, legs = "short_sleeve_top", "trousers"
+    sigmas = [df2_sigma(top, "collar")] * 2 + [df2_sigma(top, "sleeve_outer")] * 2
+    sigmas += [df2_sigma(legs, "waist")] * 2 + [df2_sigma(top, "hem")] * 2
     return KeypointLayout(
-        name="fld_v1",
-        thing_classes=tuple(FLD_CLASS_NAMES),  # KGDet's DeepFashionDataset order (§2.7)
+        name="fld_v2",
+        thing_classes=tuple(FLD_CLASS_NAMES),  # KGDet's DeepFashionDataset order
         class_shapes=(
             ("short_sleeve_top", "long_sleeve_top"),
             ("trousers", "shorts", "skirt"),
@@ -318,6 +490,7 @@ def _fld_layout() -> KeypointLayout:
         ),
         keypoint_names=tuple(FLD_KEYPOINT_NAMES),
         class_keypoint_sources=(upper, lower, whole),
+        keypoint_oks_sigmas=tuple(sigmas),
         evaluator_type="fld",
         fld_format=True,
     )

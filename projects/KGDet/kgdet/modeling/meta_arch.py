@@ -76,6 +76,7 @@ class KGDet(DenseDetector):
         pixel_std: Sequence[float],
         input_format: str = "RGB",
         vis_period: int = 0,
+        channels_last: bool = False,
     ):
         """
         Args:
@@ -99,6 +100,9 @@ class KGDet(DenseDetector):
             test_score_thresh, test_topk_candidates, test_nms_thresh, max_detections_per_image:
                 inference parameters (top-k is per level and counts cells).
             pixel_mean, pixel_std, input_format, vis_period: as in Detectron2's RetinaNet.
+            channels_last: keep the weights and the batched images in channels-last (NHWC)
+                memory format, a CPU/GPU speed setting that changes no result beyond float
+                rounding (``MODEL.KGDET.CHANNELS_LAST``).
         """
         super().__init__(
             backbone, head, head_in_features, pixel_mean=pixel_mean, pixel_std=pixel_std
@@ -146,6 +150,7 @@ class KGDet(DenseDetector):
         self.max_detections_per_image = max_detections_per_image
         self.input_format = input_format
         self.vis_period = vis_period
+        self.channels_last = bool(channels_last)
 
         if class_keypoint_mask is None:
             class_keypoint_mask = torch.ones(num_classes, max(num_keypoints, 0), dtype=torch.bool)
@@ -158,6 +163,15 @@ class KGDet(DenseDetector):
             )
         # A dataset property, not a weight: kept out of checkpoints.
         self.register_buffer("class_keypoint_mask", class_keypoint_mask, persistent=False)
+        if self.channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    def preprocess_image(self, batched_inputs: List[Dict[str, Tensor]]) -> ImageList:
+        """Normalise and batch the images (Detectron2's), in channels-last format if enabled."""
+        images = super().preprocess_image(batched_inputs)
+        if self.channels_last:
+            images.tensor = images.tensor.contiguous(memory_format=torch.channels_last)
+        return images
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
@@ -209,6 +223,7 @@ class KGDet(DenseDetector):
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "input_format": cfg.INPUT.FORMAT,
             "vis_period": cfg.VIS_PERIOD,
+            "channels_last": k.CHANNELS_LAST,
         }
 
     # ---------------------------------------------------------------------------------------
