@@ -3,21 +3,35 @@
 
     python demo.py --config-file configs/kgdet_synth.yaml --input IMG_OR_DIR_OR_GLOB [...] \
         --output DIR [--confidence-threshold 0.3] [--keypoint-threshold 0.5] \
-        [--exported MODEL.onnx|MODEL.ts] MODEL.WEIGHTS model_final.pth MODEL.DEVICE cpu
+        MODEL.WEIGHTS output/kgdet_synth/model_final.pth
+    python demo.py --config-file configs/kgdet_synth.yaml --dataset kgdet_synth_val \
+        --output output/kgdet_synth/demo MODEL.WEIGHTS output/kgdet_synth/model_final.pth
+    python demo.py --config-file configs/kgdet_synth.yaml --dataset kgdet_synth_val \
+        --output output/kgdet_synth/demo_exported --exported model.onnx
 
 With ``--exported`` the detections come from a model exported by ``tools/deploy/export_model.py``
 (ONNX Runtime for ``.onnx``, TorchScript otherwise; ``kgdet.export.ExportedPredictor``) instead
-of the PyTorch model; the config still gives the resizing, the threshold and the metadata.
+of the PyTorch model (MODEL.WEIGHTS is then not needed); the config still gives the resizing,
+the threshold and the metadata.
 
-For every readable input image it writes ``DIR/<name>.jpg`` (boxes, class names and scores, and
-only the keypoints of each garment's own class: filled dots for keypoint scores >= the keypoint
-threshold, hollow rings below it) and, at the end, ``DIR/predictions.json``:
+For every readable input image it writes ``DIR/<name>.jpg`` and, at the end,
+``DIR/predictions.json``. The picture shows the detections scoring at least the confidence
+threshold: boxes with class names and scores (boxes that coincide, e.g. one cell kept for two
+classes by the class-wise NMS, are drawn once with both labels), and only the keypoints of each
+garment's own class, filled; a model that predicts keypoint visibility (the selection variant)
+draws keypoints below the keypoint threshold hollow. ``predictions.json`` holds every detection
+above the confidence threshold, unmerged:
 ``{"images": [{"file_name", "height", "width", "instances": [{"bbox": [x1, y1, x2, y2],
 "score", "category_id" (contiguous), "category_name", "keypoints": [{"slot", "name", "x", "y",
 "score"}, ...]}]}], "skipped": [{"file_name", "error"}]}`` — coordinates are Detectron2's
 continuous image coordinates of the original image. Images that cannot be read are skipped with a
 counted warning; the others are still written. Config overrides may follow the arguments
 (``KEY VALUE`` pairs) or ``--opts``.
+
+Without ``MODEL.WEIGHTS`` the model would be randomly initialised and find nothing: the demo
+refuses unless ``--random-weights`` is given (then it warns). A missing config, weights or input
+file, or an unknown config key, ends in one line and exit status 2 (``--debug`` for the
+traceback).
 """
 
 import argparse
@@ -27,11 +41,18 @@ import numpy as np
 import os
 import re
 import sys
+import warnings
 from typing import Dict, List, Sequence, Tuple
+
+with warnings.catch_warnings(record=True) as _import_warnings:
+    warnings.simplefilter("always")
+    from kgdet import cli  # imports Detectron2; its warnings are replayed, minus third-party ones
+cli.filter_third_party_warnings(replay=_import_warnings)
+
 import cv2
 import tqdm
 
-from detectron2.data import MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import DefaultPredictor
 from detectron2.utils.logger import setup_logger
 
@@ -52,21 +73,35 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--input",
         nargs="+",
-        required=True,
+        default=[],
         help="image files, directories (all images inside) or glob patterns",
+    )
+    parser.add_argument(
+        "--dataset",
+        default=None,
+        metavar="NAME",
+        help="instead of --input: the images of a registered dataset, e.g. kgdet_synth_val",
+    )
+    parser.add_argument(
+        "--num-images",
+        type=int,
+        default=8,
+        help="with --dataset: how many of its images, from the first (<= 0: all)",
     )
     parser.add_argument("--output", required=True, help="output directory")
     parser.add_argument(
         "--confidence-threshold",
         type=float,
         default=0.3,
-        help="minimum detection score (sets MODEL.KGDET.SCORE_THRESH_TEST)",
+        help="minimum detection score to draw and report (sets MODEL.KGDET.SCORE_THRESH_TEST)",
     )
     parser.add_argument(
         "--keypoint-threshold",
         type=float,
         default=0.5,
-        help="keypoints scoring at least this are drawn filled, weaker ones hollow",
+        help="only for models that predict keypoint visibility (MODEL.KGDET.AGG selection): "
+        "keypoints whose predicted visibility is below it are drawn hollow. Other models have no "
+        "per-keypoint confidence; their keypoints are always drawn filled",
     )
     parser.add_argument(
         "--exported",
@@ -75,6 +110,13 @@ def get_parser() -> argparse.ArgumentParser:
         help="run this exported model (.onnx: ONNX Runtime, else TorchScript) instead of the "
         "PyTorch model of MODEL.WEIGHTS",
     )
+    parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="run without MODEL.WEIGHTS (a randomly initialised model, which finds nothing "
+        "meaningful); without this flag an empty MODEL.WEIGHTS is refused",
+    )
+    cli.add_debug_argument(parser)
     parser.add_argument(
         "--opts", default=[], nargs=argparse.REMAINDER, help="config overrides KEY VALUE ..."
     )
@@ -94,15 +136,34 @@ def parse_args(argv: Sequence[str] = None) -> argparse.Namespace:
     if unknown:
         get_parser().error(f"unrecognized arguments: {' '.join(unknown)}")
     args.opts = list(rest) + list(args.opts)
-    if not args.input:
-        get_parser().error("--input needs at least one image, directory or glob pattern")
+    if bool(args.input) == bool(args.dataset):
+        get_parser().error(
+            "give either --input (images, directories or glob patterns) or --dataset NAME"
+        )
     return args
 
 
+WEIGHTS_HINT = (
+    "README's first command (python train_net.py --config-file configs/kgdet_synth.yaml) "
+    "writes output/kgdet_synth/model_final.pth; pass --random-weights to run an untrained model"
+)
+
+
 def setup_cfg(args: argparse.Namespace):
+    """Config of the demo; raises ``UsageError``/``ConfigError`` for the user's mistakes."""
     cfg = get_kgdet_cfg(args.config_file, args.opts)
     cfg.MODEL.KGDET.SCORE_THRESH_TEST = args.confidence_threshold
     cfg.freeze()
+    if args.exported:  # the exported file holds the weights
+        if not os.path.isfile(args.exported):
+            raise cli.UsageError(f"--exported {args.exported}: no such file (an exported model)")
+        return cfg
+    cli.check_weights(cfg, required=not args.random_weights, hint=WEIGHTS_HINT)
+    if not cfg.MODEL.WEIGHTS:
+        logger.warning(
+            "MODEL.WEIGHTS is empty (--random-weights): the model is randomly initialised, so "
+            "its detections are meaningless"
+        )
     return cfg
 
 
@@ -124,6 +185,15 @@ def expand_inputs(inputs: Sequence[str]) -> List[str]:
             logger.warning(f"--input '{item}' matched no image")
         paths.extend(found)
     return list(dict.fromkeys(paths))
+
+
+def dataset_images(name: str, num_images: int) -> List[str]:
+    """File names of the first ``num_images`` records (<= 0: all) of a registered dataset."""
+    cli.check_datasets([name], "--dataset")
+    records = DatasetCatalog.get(name)
+    if num_images > 0:
+        records = records[:num_images]
+    return [r["file_name"] for r in records]
 
 
 def _output_names(paths: Sequence[str]) -> Dict[str, str]:
@@ -177,9 +247,16 @@ def run_demo(args: argparse.Namespace) -> Tuple[int, int]:
     cfg = setup_cfg(args)
     dataset = cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else cfg.DATASETS.TRAIN[0]
     metadata = MetadataCatalog.get(dataset)
-    paths = expand_inputs(args.input)
+    if args.dataset:
+        paths = dataset_images(args.dataset, args.num_images)
+    else:
+        cli.check_input_paths(args.input, "--input")
+        paths = expand_inputs(args.input)
     if not paths:
-        raise SystemExit("demo: no input image found")
+        raise cli.UsageError(
+            f"--input {' '.join(args.input)} matched no image: expected image files, "
+            f"directories of images ({', '.join(IMAGE_EXTENSIONS)}) or glob patterns"
+        )
     if args.exported:
         from kgdet.export import ExportedPredictor
 
@@ -237,8 +314,12 @@ def main(argv: Sequence[str] = None) -> int:
     setup_logger(name="fvcore")
     args = parse_args(argv)
     logger.info(f"Arguments: {args}")
-    written, _ = run_demo(args)
-    return 0 if written else 1
+
+    def run() -> int:
+        written, _ = run_demo(args)
+        return 0 if written else 1
+
+    return cli.run_main(run, "demo.py", argv)
 
 
 if __name__ == "__main__":

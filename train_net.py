@@ -9,12 +9,22 @@ Examples:
 Differences from Detectron2's tools/train_net.py: the data loaders use ``KGDetDatasetMapper``
 (keypoints with visibility and class slots), the evaluator is chosen from the dataset's
 metadata by ``kgdet.evaluation.build_kgdet_evaluator``, and the optimizer clips the gradient
-norm of the whole model jointly (``kgdet.solver``, KGDET_SPEC §9).
+norm of the whole model jointly (``kgdet.solver``, docs/DESIGN.md §9).
+
+Ordinary mistakes (missing config or weights file, unknown config key, unregistered dataset) end
+in one line and exit status 2; ``--debug`` (or ``KGDET_DEBUG=1``) shows the traceback.
 """
 
 import logging
 import os
+import sys
+import warnings
 from collections import OrderedDict
+
+with warnings.catch_warnings(record=True) as _import_warnings:
+    warnings.simplefilter("always")
+    from kgdet import cli  # imports Detectron2; its warnings are replayed, minus third-party ones
+cli.filter_third_party_warnings(replay=_import_warnings)
 
 import detectron2.engine.defaults as d2_defaults
 import detectron2.utils.comm as comm
@@ -125,8 +135,31 @@ def main(args):
     return trainer.train()
 
 
-def invoke_main() -> None:
-    args = default_argument_parser().parse_args()
+def get_parser():
+    """Detectron2's ``default_argument_parser`` plus ``--debug``."""
+    return cli.add_debug_argument(default_argument_parser())
+
+
+def check_args(args) -> None:
+    """Catch the ordinary mistakes before any process starts (raises ``UsageError``)."""
+    cfg = get_kgdet_cfg(args.config_file, args.opts)
+    cli.check_datasets(cfg.DATASETS.TRAIN, "DATASETS.TRAIN")
+    cli.check_datasets(cfg.DATASETS.TEST, "DATASETS.TEST")
+    cli.check_weights(
+        cfg,
+        required=args.eval_only and not args.resume,
+        hint="--eval-only evaluates a trained model, e.g. output/kgdet_synth/model_final.pth",
+    )
+
+
+def invoke_main(argv=None) -> int:
+    args = get_parser().parse_args(argv)
+    args.debug = cli.pop_debug_flag(args.opts) or args.debug
+    return cli.run_main(lambda: _launch(args), "train_net.py", argv)
+
+
+def _launch(args) -> None:
+    check_args(args)
     print("Command Line Args:", args)
     launch(
         main,
@@ -139,4 +172,4 @@ def invoke_main() -> None:
 
 
 if __name__ == "__main__":
-    invoke_main()  # pragma: no cover
+    sys.exit(invoke_main())  # pragma: no cover

@@ -10,7 +10,7 @@ classes Upper / Lower / Whole (= clothes_type 1 / 2 / 3), 8 shared keypoint slot
 collar, sleeve, waistline, hem), FLD visibility remapped to COCO's convention (FLD 0 visible ->
 2, 1 occluded -> 1, 2 truncated -> 0), and on each annotation the raw ``fld_visibility`` codes
 (slots the clothes type does not have carry FLD's padding code 0) and the ``variation_type``
-(DATASETS.md §2.7).
+(docs/DESIGN.md §16.4).
 
 Every bad record (clothes type outside 1..3, landmark list whose length is not 3 x 8, box with
 non-positive size, missing, unreadable or truncated image (pixels are decoded unless

@@ -1,20 +1,46 @@
-"""Shared pytest fixtures: paths to the shared demo data, and CPU-only determinism."""
+"""Shared pytest fixtures: paths to the DeepFashion2 demo data, and CPU-only determinism.
 
+The 32-image DeepFashion2 demo subset is read in place (never copied) from ``$KGDET_DF2_DEMO``
+(the variable the ``kgdet_df2_demo`` config reads too), by default ``../shared/data/
+deepfashion2_demo`` next to the repository. Tests that need it skip, saying what to set, when it
+is absent; ``python -m pytest tests -q -rs`` lists the reasons.
+"""
+
+import os
 from pathlib import Path
 import pytest
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DIR = REPO_ROOT.parent / "shared"
-DF2_DEMO_DIR = SHARED_DIR / "data" / "deepfashion2_demo"
+DF2_DEMO_ENV = "KGDET_DF2_DEMO"
+DEFAULT_DF2_DEMO_DIR = REPO_ROOT.parent / "shared" / "data" / "deepfashion2_demo"
+
+
+def df2_demo_path() -> Path:
+    """``$KGDET_DF2_DEMO`` if set, else ``../shared/data/deepfashion2_demo`` (may not exist)."""
+    return Path(os.environ.get(DF2_DEMO_ENV) or DEFAULT_DF2_DEMO_DIR)
+
+
+def df2_examples_path() -> Path:
+    """The official example result files, ``deepfashion2_examples`` beside the demo folder."""
+    return df2_demo_path().parent / "deepfashion2_examples"
+
+
+def require_df2_demo() -> Path:
+    """The demo folder, or skip the calling test with the variable to set."""
+    path = df2_demo_path()
+    if not (path / "annotations.json").exists():
+        pytest.skip(
+            f"DeepFashion2 demo data not found at {path}: set {DF2_DEMO_ENV} to the folder "
+            "holding annotations.json and image/ (the 32-image demo subset)"
+        )
+    return path
 
 
 @pytest.fixture
 def df2_demo_dir() -> Path:
-    """The 32-image DeepFashion2 demo subset (read in place from ../shared, never copied)."""
-    if not (DF2_DEMO_DIR / "annotations.json").exists():
-        pytest.skip(f"DeepFashion2 demo data not found at {DF2_DEMO_DIR}")
-    return DF2_DEMO_DIR
+    """The 32-image DeepFashion2 demo subset (read in place, never copied)."""
+    return require_df2_demo()
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""Cell grid and assigners (KGDET_SPEC §5, §10, §13.10)."""
+"""Cell grid and assigners (docs/DESIGN.md §5, §10, §13.10)."""
 
 import math
 import unittest

@@ -1,4 +1,4 @@
-"""Official KGDet checkpoint import (issue 4 item 6), on a state dict generated from the official
+"""Official KGDet checkpoint import, on a state dict generated from the official
 architecture description (names and shapes of ShenhanQian/KGDet's released model; no download)."""
 
 import importlib.util

@@ -25,7 +25,7 @@ def test_classes_and_slot_ranges():
     assert df2.DF2_CLASS_NAMES[12] == "sling_dress"
     assert df2.DF2_NUM_KEYPOINTS == 294
     assert df2.DF2_KEYPOINT_NAMES == [str(i) for i in range(1, 295)]
-    # KGDET_SPEC §8.1, 0-based half-open.
+    # docs/DESIGN.md §8.1, 0-based half-open.
     assert df2.DF2_KEYPOINT_SLOT_RANGES == [
         (0, 25), (25, 58), (58, 89), (89, 128), (128, 143), (143, 158), (158, 168),
         (168, 182), (182, 190), (190, 219), (219, 256), (256, 275), (275, 294),
@@ -71,7 +71,7 @@ def test_oks_sigmas_are_the_official_values():
         0.0275, 0.0202, 0.0275, 0.0651, 0.0451, 0.035, 0.028,
         0.0392, 0.0362, 0.0392, 0.028, 0.035, 0.0451, 0.0651,
     ]  # fmt: skip
-    # Mirror points have equal sigmas, except the known exceptions (DATASETS.md §1.7).
+    # Mirror points have equal sigmas, except the known exceptions (docs/DESIGN.md §8.2).
     unequal = [
         (c + 1, a, b)
         for c, pairs in enumerate(df2.DF2_FLIP_PAIRS_LOCAL)

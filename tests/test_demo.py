@@ -1,4 +1,4 @@
-"""Predictor demo (issue 4 item 4) on synthetic images only (no DeepFashion2 image is used)."""
+"""Predictor demo on synthetic images only (no DeepFashion2 image is used)."""
 
 import importlib.util
 import json
@@ -15,7 +15,11 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
 import kgdet
-from kgdet.evaluation.garment_visualizer import GarmentVisualizer, garment_keypoint_marks
+from kgdet.evaluation.garment_visualizer import (
+    GarmentVisualizer,
+    garment_keypoint_marks,
+    merge_coinciding_boxes,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO_ROOT / "configs" / "kgdet_synth.yaml")
@@ -103,16 +107,25 @@ def test_parse_args_overrides_anywhere():
 
 
 def test_only_own_class_keypoints_are_drawn():
-    """Slots outside the garment's class are never drawn; weak points are hollow."""
+    """Slots outside the garment's class are never drawn; all are filled without a confidence."""
     slots = [[0, 1], [2, 3]]
     kps = np.zeros((2, 4, 3))
-    kps[0, :, 2] = [0.9, 0.2, 0.9, 0.9]  # class 0: slot 1 weak; slots 2, 3 are not class 0's
+    kps[0, :, 2] = [0.9, 0.2, 0.9, 0.9]  # class 0: slots 2, 3 are not class 0's
     kps[1, :, 2] = [0.9, 0.9, 0.0, 0.7]  # class 1: slot 2 score 0 (not drawn)
     marks = garment_keypoint_marks(kps, [0, 1], slots, kind="prediction", keypoint_threshold=0.5)
     assert [(m.instance, m.slot, m.filled) for m in marks] == [
         (0, 0, True),
-        (0, 1, False),
+        (0, 1, True),  # the third column is the detection score, not a keypoint confidence
         (1, 3, True),
+    ]
+    visibility = np.array([[0.9, 0.2, 0.0, 0.0], [0.0, 0.0, 0.8, 0.4]])
+    marks = garment_keypoint_marks(
+        kps, [0, 1], slots, kind="prediction", keypoint_threshold=0.5, confidence=visibility
+    )
+    assert [(m.instance, m.slot, m.filled) for m in marks] == [
+        (0, 0, True),
+        (0, 1, False),  # predicted visibility 0.2 < 0.5: hollow
+        (1, 3, False),
     ]
     gt = np.zeros((1, 4, 3))
     gt[0, :, 2] = [2, 1, 2, 0]
@@ -129,3 +142,41 @@ def test_only_own_class_keypoints_are_drawn():
         GarmentVisualizer(image, no_slots).draw_instance_predictions_garments(inst)
     drawn = GarmentVisualizer(image, meta).draw_instance_predictions_garments(inst).get_image()
     assert drawn.shape == image.shape and drawn.any()
+
+
+def test_coinciding_boxes_are_grouped_best_first():
+    boxes = np.array([[0, 0, 10, 10], [0, 0, 10, 10.1], [20, 20, 30, 30], [0, 0, 10, 10]])
+    scores = [0.3, 0.6, 0.5, 0.2]
+    assert merge_coinciding_boxes(boxes, scores) == [[1, 0, 3], [2]]
+    assert merge_coinciding_boxes(boxes, scores, merge_iou=1.01) == [[1], [2], [0], [3]]
+
+
+def test_picture_draws_one_box_and_one_label_for_two_classes_of_a_cell():
+    """Class-wise NMS keeps one cell for two classes: drawn once, with both labels."""
+    meta = MetadataCatalog.get("kgdet_synth_val")
+    names = meta.thing_classes
+    inst = Instances((80, 120), pred_boxes=Boxes(torch.tensor([[10.0, 10, 70, 60]] * 2)))
+    inst.scores, inst.pred_classes = torch.tensor([0.6, 0.4]), torch.tensor([0, 1])
+    inst.pred_keypoints = torch.zeros(2, len(meta.keypoint_names), 3)
+    vis = GarmentVisualizer(np.zeros((80, 120, 3), dtype=np.uint8), meta)
+    texts = []
+    original = vis.draw_text
+    vis.draw_text = lambda text, *a, **k: texts.append(text) or original(text, *a, **k)
+    vis.draw_instance_predictions_garments(inst)
+    assert texts == [f"{names[0]} 60% | {names[1]} 40%"]
+
+
+def test_demo_refuses_without_weights_and_names_missing_files(tmp_path, capsys):
+    demo = _demo()
+    image = tmp_path / "garment.png"
+    _synthetic_image(image)
+    base = ["--config-file", CONFIG, "--output", str(tmp_path / "out")]
+    assert demo.main(base + ["--input", str(image)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "MODEL.WEIGHTS is empty" in err and "output/kgdet_synth/model_final.pth" in err
+    assert demo.main(base + ["--input", str(image), "MODEL.WEIGHTS", str(tmp_path / "no.pth")]) == 2
+    assert "no.pth' not found" in capsys.readouterr().err
+    assert demo.main(base + ["--input", str(tmp_path / "missing.png"), "--random-weights"]) == 2
+    assert "--input '" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

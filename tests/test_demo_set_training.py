@@ -1,4 +1,4 @@
-"""KGDET_SPEC §14: a few iterations on the DeepFashion2 demo set reduce the loss (294 keypoints)."""
+"""A few iterations on the DeepFashion2 demo set reduce the loss (294 keypoints)."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""FLDEvaluator NE / PDL against hand-computed values (DATASETS.md §2.8), both input kinds."""
+"""FLDEvaluator NE / PDL against hand-computed values (docs/DESIGN.md §16.5), both input kinds."""
 
 import copy
 import json

@@ -1,4 +1,4 @@
-"""Tests of kgdet.modeling.head.KGDetHead (KGDET_SPEC §2-4, §8.4, §10, §14)."""
+"""Tests of kgdet.modeling.head.KGDetHead (docs/DESIGN.md §2-4, §8.4, §10, §14)."""
 
 import math
 import pytest
@@ -127,7 +127,7 @@ def test_output_contract_and_every_parameter_gets_gradient(name):
 
 
 def test_parameter_counts():
-    # KGDET_SPEC §2.4: towers 3,542,016 + stage 1 1,432,391 + 2 × 11,438,919 + λ 2.
+    # docs/DESIGN.md §2.4: towers 3,542,016 + stage 1 1,432,391 + 2 × 11,438,919 + λ 2.
     assert count_trainable() == 27_852_247
     # §10 / Table 1 totals minus trainable R-50 res3-5 (23,282,688) and GN-FPN (7,998,976):
     # RepPoints 36,606,003 - 31,281,664 = towers 3,542,016 + pts conv3×3 590,080 + pts 1×1

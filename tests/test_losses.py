@@ -1,4 +1,4 @@
-"""Loss terms (KGDET_SPEC §6)."""
+"""Loss terms (docs/DESIGN.md §6)."""
 
 import unittest
 import torch

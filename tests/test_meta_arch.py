@@ -212,6 +212,25 @@ class TestTraining(unittest.TestCase):
         self.assertTrue(all(torch.isfinite(v) for v in losses.values()))
         self.assertEqual(unused, [])
 
+    def test_keypoint_selection_inference_returns_visibility(self):
+        model = build_model(tiny_cfg(AGG="selection", COLUMNS=[3], SELECT_TOPK=9, NUM_KEYPOINTS=12))
+        model.test_score_thresh = 0.0  # random weights: keep every candidate
+        model.eval()
+        with torch.no_grad():
+            (out,) = model([{"image": torch.rand(3, 64, 96) * 255, "height": 64, "width": 96}])
+        inst = out["instances"]
+        self.assertGreater(len(inst), 0)
+        vis = inst.pred_keypoint_visibility
+        self.assertEqual(tuple(vis.shape), (len(inst), 12))
+        self.assertTrue(bool(((vis >= 0) & (vis <= 1)).all()))
+        mask = model.class_keypoint_mask[inst.pred_classes]
+        self.assertTrue(bool((vis[~mask] == 0).all()))
+        self.assertFalse(
+            build_model(tiny_cfg())
+            .eval()([{"image": torch.rand(3, 64, 96) * 255}])[0]["instances"]
+            .has("pred_keypoint_visibility")
+        )
+
     def test_flip_fusion_variant_trains_all_parameters(self):
         names = [f"k{i}" for i in range(NUM_KEYPOINTS)]
         with _Registered(

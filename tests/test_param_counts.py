@@ -1,8 +1,9 @@
 """Trainable parameters of the Table 1 models, randomly initialised, Detectron2 FrozenBN backbone.
 
-Targets (issue 3): Table 1's counts minus the 50,176 (R-50) / 102,400 (R-101) BN affine
-parameters of res3-res5 that the official code trains and FrozenBN freezes (KGDET_SPEC §1, §2.4).
-Our GN-FPN has GN on all 8 FPN convs (KGDET_SPEC §1), 512 parameters more than the spec's FPN
+Targets: Table 1's counts minus the 50,176 (R-50) / 102,400 (R-101) BN affine
+parameters of res3-res5 that the official code trains and FrozenBN freezes
+(docs/DESIGN.md §1, §2.4).
+Our GN-FPN has GN on all 8 FPN convs (docs/DESIGN.md §1), 512 parameters more than Table 1's FPN
 figure; the tolerance is ±2,000.
 """
 
@@ -22,7 +23,7 @@ EXPECTED = {
     "reppoints_R50.yaml": 36_555_827,
     "reppoints_kp_R50.yaml": 38_037_963,
 }
-HEAD_KGDET = 27_852_247  # KGDET_SPEC §2.4 (C = 13, K = 294, P = 83)
+HEAD_KGDET = 27_852_247  # docs/DESIGN.md §2.4 (C = 13, K = 294, P = 83)
 
 
 def trainable_parameters(module) -> int:

@@ -1,4 +1,4 @@
-"""Tests of kgdet.modeling.point_utils (KGDET_SPEC §3.1, §3.4, §4, §8.4)."""
+"""Tests of kgdet.modeling.point_utils (docs/DESIGN.md §3.1, §3.4, §4, §8.4)."""
 
 import math
 import pytest

@@ -1,4 +1,4 @@
-"""Image-level flip TTA for KGDet (issue 4 item 3).
+"""Image-level flip TTA for KGDet.
 
 Inputs have a width that is a multiple of the largest stride (no padding), so mirror
 consistency is exact: TTA on the mirrored image equals the mirrored TTA result.

@@ -1,4 +1,4 @@
-"""Dataset viewer (issue 4 item 5) on a tiny synthetic dataset registered as dicts."""
+"""Dataset viewer on a tiny synthetic dataset registered as dicts."""
 
 import importlib.util
 import numpy as np
@@ -79,7 +79,7 @@ def tiny_dataset(tmp_path):
 def test_visualize_data_draws_ground_truth(tiny_dataset, tmp_path, source):
     name, cfg_file = tiny_dataset
     out = tmp_path / f"vis_{source}"
-    argv = ["--config-file", str(cfg_file), "--output-dir", str(out), "--dataset", name,
+    argv = ["--config-file", str(cfg_file), "--output", str(out), "--dataset", name,
             "--source", source, "--num-images", "0"]  # fmt: skip
     assert _tool().main(argv) == 0
     written = sorted(p.name for p in out.iterdir())

@@ -24,12 +24,19 @@ class count set to the KGDet config's ``MODEL.KGDET.NUM_CLASSES``.
 
 import argparse
 import importlib.util
-import os
+import sys
+import warnings
 from typing import Optional, Sequence
-import torch
+
+with warnings.catch_warnings(record=True) as _import_warnings:
+    warnings.simplefilter("always")
+    from kgdet import cli  # imports Detectron2; its warnings are replayed, minus third-party ones
+cli.filter_third_party_warnings(replay=_import_warnings)
+
+import torch  # noqa: E402
 
 # Re-exported for tools/plot_scaling.py and tools/profile_model.py (tools/ is not a package).
-from kgdet.benchmark import (  # noqa: F401
+from kgdet.benchmark import (  # noqa: F401,E402
     BASELINES,
     DISPLAY_NAMES,
     backbone_fn,
@@ -54,9 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="KGDet vs RetinaNet vs FCOS: params, FLOPs, latency, training step, memory",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--config-file", default="configs/kgdet_R50.yaml", metavar="FILE")
-    parser.add_argument("--size", nargs=2, type=int, default=[800, 1333], metavar=("H", "W"))
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--config-file", default="configs/kgdet_R50.yaml", metavar="FILE", help="KGDet config"
+    )
+    parser.add_argument(
+        "--size", nargs=2, type=int, default=[800, 1333], metavar=("H", "W"), help="input size"
+    )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--runs", type=int, default=10, help="timed inference runs per model")
     parser.add_argument("--warmup", type=int, default=2, help="untimed inference runs first")
     parser.add_argument("--train-runs", type=int, default=3, help="timed training steps (0: skip)")
@@ -76,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar=("H", "W"),
         help="input for FLOPs (the paper's 3x1280x800)",
     )
-    parser.add_argument("--skip-flops", action="store_true")
+    parser.add_argument("--skip-flops", action="store_true", help="do not count FLOPs")
     parser.add_argument(
         "--quiet-wait",
         type=float,
@@ -106,18 +117,23 @@ def build_parser() -> argparse.ArgumentParser:
         "needs pip install -e .[deploy])",
     )
     parser.add_argument("--json", default="", metavar="OUT", help="write the report as json")
+    cli.add_debug_argument(parser)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KGDet config overrides KEY VALUE")
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    if not os.path.isfile(args.config_file):
-        raise SystemExit(f"--config-file {args.config_file!r} does not exist")
+    cli.pop_debug_flag(args.opts)
+    return cli.run_main(lambda: _main(args), "benchmark.py", argv)
+
+
+def _main(args: argparse.Namespace) -> None:
+    cfg = build_kgdet_cfg(args.config_file, args.opts)  # ConfigError: one line, exit 2
     if args.exported and importlib.util.find_spec("onnxruntime") is None:
-        raise SystemExit("--exported needs onnxruntime and onnx: pip install -e .[deploy]")
+        raise cli.UsageError("--exported needs onnxruntime and onnx: pip install -e .[deploy]")
     if args.num_classes is None:
-        args.num_classes = int(build_kgdet_cfg(args.config_file, args.opts).MODEL.KGDET.NUM_CLASSES)
+        args.num_classes = int(cfg.MODEL.KGDET.NUM_CLASSES)
     torch.set_num_threads(args.threads)
     report = run_benchmark(args)
     print(format_report(report))
@@ -127,4 +143,4 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

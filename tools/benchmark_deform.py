@@ -17,7 +17,14 @@ import os
 import platform
 import tempfile
 import time
+import warnings
 from typing import Callable, Dict, List
+
+with warnings.catch_warnings(record=True) as _import_warnings:
+    warnings.simplefilter("always")
+    from kgdet import cli  # imports Detectron2; its warnings are replayed, minus third-party ones
+cli.filter_third_party_warnings(replay=_import_warnings)
+
 import torch
 import torch.nn.functional as F
 from torchvision.ops import deform_conv2d
@@ -125,7 +132,7 @@ def benchmark(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--runs", type=int, default=10, help="timed runs per case (median, min)")
     parser.add_argument("--backward", action="store_true", help="time forward + backward")
     parser.add_argument(
         "--onnx", action="store_true", help="also time the ONNX Runtime forms (needs [deploy])"

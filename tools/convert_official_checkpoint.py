@@ -14,8 +14,16 @@ Name mapping: :mod:`kgdet.checkpoint.convert`.
 
 import argparse
 import logging
+import os
 import sys
+import warnings
 from typing import Dict, Optional, Sequence
+
+with warnings.catch_warnings(record=True) as _import_warnings:
+    warnings.simplefilter("always")
+    from kgdet import cli  # imports Detectron2; its warnings are replayed, minus third-party ones
+cli.filter_third_party_warnings(replay=_import_warnings)
+
 import torch
 
 from detectron2.modeling import build_model
@@ -47,6 +55,7 @@ def get_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="load with torch.load(weights_only=False); only for files you trust",
     )
+    cli.add_debug_argument(parser)
     return parser
 
 
@@ -103,12 +112,20 @@ def convert(
 def main(argv: Sequence[str] = None) -> int:
     setup_logger(name="kgdet")
     args = parse_args(argv)
-    try:
-        convert(args.input, args.output, args.config_file, args.opts, args.allow_pickle)
-    except OfficialCheckpointError as e:
-        logger.error(f"{args.input}: {e}")
-        return 1
-    return 0
+
+    def run() -> int:
+        if not os.path.isfile(args.input):
+            raise cli.UsageError(
+                f"input checkpoint '{args.input}' not found: expected an official KGDet .pth"
+            )
+        try:
+            convert(args.input, args.output, args.config_file, args.opts, args.allow_pickle)
+        except OfficialCheckpointError as e:
+            logger.error(f"{args.input}: {e}")
+            return 1
+        return 0
+
+    return cli.run_main(run, "convert_official_checkpoint.py", argv)
 
 
 if __name__ == "__main__":

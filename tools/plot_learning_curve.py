@@ -8,6 +8,12 @@ Evaluations are logged when ``TEST.EVAL_PERIOD`` > 0 (and once after the last it
 
 import argparse
 import sys
+import warnings
+
+with warnings.catch_warnings(record=True) as _import_warnings:
+    warnings.simplefilter("always")
+    from kgdet import cli  # imports Detectron2; its warnings are replayed, minus third-party ones
+cli.filter_third_party_warnings(replay=_import_warnings)
 
 from kgdet.evaluation.learning_curve import DEFAULT_KEYS, plot_learning_curve, read_metrics
 
@@ -23,12 +29,16 @@ def main(argv=None) -> int:
         help="metrics to plot (default: %(default)s)",
     )
     parser.add_argument("--title", default="", help="title of the plot")
+    cli.add_debug_argument(parser)
     args = parser.parse_args(argv)
+    return cli.run_main(lambda: _main(args), "plot_learning_curve.py", argv)
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         curves = read_metrics(args.metrics, args.keys)
     except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise cli.UsageError(str(e)) from e
     plot_learning_curve(curves, args.output, args.title)
     for key, points in curves.items():
         print(key, " ".join(f"{it}:{value:.1f}" for it, value in points))

@@ -20,7 +20,14 @@ import numpy as np
 import os
 import sys
 import tempfile
+import warnings
 from typing import Dict, List, Optional, Sequence
+
+with warnings.catch_warnings(record=True) as _import_warnings:
+    warnings.simplefilter("always")
+    from kgdet import cli  # imports Detectron2; its warnings are replayed, minus third-party ones
+cli.filter_third_party_warnings(replay=_import_warnings)
+
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -163,20 +170,52 @@ def plot(result: Dict, out_path: str) -> None:
     plt.close(fig)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config-file", default="configs/kgdet_R50.yaml", metavar="FILE")
-    parser.add_argument("--long-sides", nargs="+", type=int, default=[512, 640, 800, 1024, 1333])
-    parser.add_argument("--keypoints", nargs="+", type=int, default=[8, 294])
-    parser.add_argument("--head-size", nargs=2, type=int, default=[800, 1333], metavar=("H", "W"))
     parser.add_argument(
-        "--baselines", nargs="*", default=["retinanet"], choices=["retinanet", "fcos"]
+        "--config-file", default="configs/kgdet_R50.yaml", metavar="FILE", help="KGDet config"
     )
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--long-sides",
+        nargs="+",
+        type=int,
+        default=[512, 640, 800, 1024, 1333],
+        help="input long sides for the latency curve",
+    )
+    parser.add_argument(
+        "--keypoints", nargs="+", type=int, default=[8, 294], help="K values for the head cost"
+    )
+    parser.add_argument(
+        "--head-size",
+        nargs=2,
+        type=int,
+        default=[800, 1333],
+        metavar=("H", "W"),
+        help="input size for the head-cost measurement",
+    )
+    parser.add_argument(
+        "--baselines",
+        nargs="*",
+        default=["retinanet"],
+        choices=["retinanet", "fcos"],
+        help="Detectron2 models on the latency curve",
+    )
+    parser.add_argument("--runs", type=int, default=3, help="timed runs per point (median)")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    parser.add_argument("--out", default="docs/benchmark/scaling.png")
+    parser.add_argument(
+        "--out", default="docs/benchmark/scaling.png", help="plot path (a .json is written beside)"
+    )
+    cli.add_debug_argument(parser)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KGDet config overrides")
     args = parser.parse_args(argv)
+    cli.pop_debug_flag(args.opts)
+    return cli.run_main(lambda: _main(args), "plot_scaling.py", argv)
+
+
+def _main(args: argparse.Namespace) -> None:
+    from kgdet import get_kgdet_cfg
+
+    get_kgdet_cfg(args.config_file, args.opts)  # ConfigError: one line, exit 2
     torch.set_num_threads(args.threads)
     import kgdet  # noqa: F401  (registers the meta-architecture)
 
@@ -208,4 +247,4 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -18,7 +18,14 @@ import json
 import os
 import sys
 import tempfile
+import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
+
+with warnings.catch_warnings(record=True) as _import_warnings:
+    warnings.simplefilter("always")
+    from kgdet import cli  # imports Detectron2; its warnings are replayed, minus third-party ones
+cli.filter_third_party_warnings(replay=_import_warnings)
+
 import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile, record_function
@@ -136,17 +143,30 @@ def format_breakdown(rows: List[Tuple[str, float, int]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config-file", default="configs/kgdet_R50.yaml", metavar="FILE")
-    parser.add_argument("--size", nargs=2, type=int, default=[800, 1333], metavar=("H", "W"))
+    parser.add_argument(
+        "--config-file", default="configs/kgdet_R50.yaml", metavar="FILE", help="KGDet config"
+    )
+    parser.add_argument(
+        "--size", nargs=2, type=int, default=[800, 1333], metavar=("H", "W"), help="input size"
+    )
     parser.add_argument("--runs", type=int, default=3, help="profiled runs (after 1 warm-up)")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--train", action="store_true", help="profile a training step instead")
     parser.add_argument("--out", default="docs/benchmark", help="directory for the tables")
-    parser.add_argument("--row-limit", type=int, default=30)
+    parser.add_argument("--row-limit", type=int, default=30, help="rows of the operator table")
+    cli.add_debug_argument(parser)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE")
     args = parser.parse_args(argv)
+    cli.pop_debug_flag(args.opts)
+    return cli.run_main(lambda: _main(args), "profile_model.py", argv)
+
+
+def _main(args: argparse.Namespace) -> None:
+    from kgdet import get_kgdet_cfg
+
+    get_kgdet_cfg(args.config_file, args.opts)  # ConfigError: one line, exit 2
     torch.set_num_threads(args.threads)
 
     from detectron2.utils.events import EventStorage
@@ -211,4 +231,4 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -18,29 +18,36 @@ import logging
 import os
 import sys
 import time
+import warnings
+
+with warnings.catch_warnings(record=True) as _import_warnings:
+    warnings.simplefilter("always")
+    from kgdet import cli  # imports Detectron2; its warnings are replayed, minus third-party ones
+cli.filter_third_party_warnings(replay=_import_warnings)
+
 import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 
-import kgdet  # noqa: F401  registers the FLD-format datasets (fld_*, dfa_synth_*)
 from dfa import add_dfa_config, train_all_stages
 from dfa.evaluation import evaluate_dfa, format_stage_table
 from dfa.training import StaleStageError, final_checkpoint_path, last_consistent_stage
+from kgdet import build_config  # importing kgdet registers the FLD-format datasets
 
 logger = logging.getLogger("dfa.train_dfa")
 
 
 def setup(args):
-    cfg = get_cfg()
-    add_dfa_config(cfg)
-    cfg.merge_from_file(args.config_file)
     # "--stages 2 3 -- KEY VALUE": argparse keeps the "--" that ends the stage list
-    cfg.merge_from_list(args.opts[1:] if args.opts[:1] == ["--"] else args.opts)
+    opts = args.opts[1:] if args.opts[:1] == ["--"] else args.opts
+    cfg = build_config(args.config_file, opts, add_dfa_config)
     cfg.freeze()
+    cli.check_datasets(cfg.DATASETS.TRAIN, "DATASETS.TRAIN")
+    cli.check_datasets(cfg.DATASETS.TEST, "DATASETS.TEST")
+    cli.check_weights(cfg, required=False)
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, name="dfa", abbrev_name="dfa")
     return cfg
@@ -129,12 +136,19 @@ def build_parser():
         action="store_true",
         help="retrain the requested stages from scratch (recompute centres, ignore checkpoints)",
     )
+    cli.add_debug_argument(parser)
     return parser
 
 
-if __name__ == "__main__":
+def invoke_main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    cli.pop_debug_flag(args.opts)
     try:
-        sys.exit(main(build_parser().parse_args()))
+        return cli.run_main(lambda: main(args), "train_dfa.py", argv)
     except StaleStageError as error:  # files of different runs: say which, without a traceback
         print(f"ERROR: {error}", file=sys.stderr)
-        sys.exit(1)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(invoke_main())

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Draw the ground truth of any registered garment dataset, as the model sees it.
 
-    python tools/visualize_data.py --config-file configs/kgdet_synth.yaml --output-dir DIR \
+    python tools/visualize_data.py --config-file configs/kgdet_synth.yaml --output DIR \
         [--dataset NAME] [--source dataloader|annotation] [--num-images N] [--seed S] \
         [KEY VALUE ...]
 
@@ -20,7 +20,14 @@ import numpy as np
 import os
 import random
 import sys
+import warnings
 from typing import Optional, Sequence
+
+with warnings.catch_warnings(record=True) as _import_warnings:
+    warnings.simplefilter("always")
+    from kgdet import cli  # imports Detectron2; its warnings are replayed, minus third-party ones
+cli.filter_third_party_warnings(replay=_import_warnings)
+
 import cv2
 import torch
 import tqdm
@@ -41,12 +48,30 @@ logger = logging.getLogger("kgdet.visualize_data")
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Draw ground-truth garments of a dataset")
-    parser.add_argument("--config-file", required=True, metavar="FILE")
-    parser.add_argument("--output-dir", required=True)
-    parser.add_argument("--dataset", default=None, help="registered dataset name")
-    parser.add_argument("--source", choices=["dataloader", "annotation"], default="dataloader")
+    parser.add_argument(
+        "--config-file", required=True, metavar="FILE", help="config yaml (gives the dataset)"
+    )
+    parser.add_argument(
+        "--output",
+        "--output-dir",
+        dest="output",
+        required=True,
+        metavar="DIR",
+        help="directory for the drawings, <image name>.jpg (created if needed)",
+    )
+    parser.add_argument(
+        "--dataset", default=None, help="registered dataset name (default: DATASETS.TRAIN[0])"
+    )
+    parser.add_argument(
+        "--source",
+        choices=["dataloader", "annotation"],
+        default="dataloader",
+        help="dataloader: after KGDetDatasetMapper's training augmentation (resize, flip); "
+        "annotation: the raw records (default: dataloader)",
+    )
     parser.add_argument("--num-images", type=int, default=20, help="records to draw (<=0: all)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random augmentations")
+    cli.add_debug_argument(parser)
     return parser
 
 
@@ -66,7 +91,8 @@ def setup_cfg(args: argparse.Namespace):
     if args.dataset:
         cfg.DATASETS.TRAIN = (args.dataset,)
     if not cfg.DATASETS.TRAIN:
-        raise SystemExit("visualize_data: no dataset (pass --dataset or set DATASETS.TRAIN)")
+        raise cli.UsageError("no dataset: pass --dataset NAME or set DATASETS.TRAIN")
+    cli.check_datasets(cfg.DATASETS.TRAIN[:1], "--dataset" if args.dataset else "DATASETS.TRAIN")
     cfg.freeze()
     return cfg
 
@@ -129,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
     records = DatasetCatalog.get(dataset)
     if args.num_images > 0:
         records = records[: args.num_images]
-    os.makedirs(args.output_dir, exist_ok=True)
+    os.makedirs(args.output, exist_ok=True)
     written, skipped = 0, []
     used = set()
     for record in tqdm.tqdm(records, desc="visualize", unit="img", disable=len(records) < 2):
@@ -147,11 +173,11 @@ def run(args: argparse.Namespace) -> int:
             name = f"{stem}_{n}.jpg"
         used.add(name)
         bgr = np.ascontiguousarray(drawn[:, :, ::-1])
-        write_atomic(os.path.join(args.output_dir, name), lambda tmp: cv2.imwrite(tmp, bgr))
+        write_atomic(os.path.join(args.output, name), lambda tmp: cv2.imwrite(tmp, bgr))
         written += 1
     if skipped:
         logger.warning(f"Skipped {len(skipped)} of {len(records)} records: {', '.join(skipped)}")
-    logger.info(f"Wrote {written} images to {args.output_dir}")
+    logger.info(f"Wrote {written} images to {args.output}")
     return written
 
 
@@ -159,7 +185,7 @@ def main(argv: Sequence[str] = None) -> int:
     setup_logger(name="kgdet")
     setup_logger()
     args = parse_args(argv)
-    return 0 if run(args) else 1
+    return cli.run_main(lambda: 0 if run(args) else 1, "visualize_data.py", argv)
 
 
 if __name__ == "__main__":

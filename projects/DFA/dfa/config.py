@@ -13,7 +13,7 @@ def add_dfa_config(cfg: CN) -> None:
     d = cfg.MODEL.DFA
 
     # ---- problem size ------------------------------------------------------------------------
-    # FLD: 8 shared landmark slots, 3 clothing types (DATASETS.md §2.3).
+    # FLD: 8 shared landmark slots, 3 clothing types (docs/DESIGN.md §16.1).
     d.NUM_LANDMARKS = 8
     d.NUM_CLASSES = 3
     # Number of cascade stages built and run (1..3); stage 3 has two routed branches.

@@ -44,7 +44,7 @@ def evaluate_dfa(
 ) -> Dict[str, Dict[str, float]]:
     """FLDEvaluator results of ``model`` (all its ``test_stages``) on ``dataset_name``, plus
     ``routing`` (branch shares in percent) when stage 3 runs."""
-    from kgdet.evaluation import FLDEvaluator  # the shared NE/PDL implementation (TEAM.md)
+    from kgdet.evaluation import FLDEvaluator  # the shared NE/PDL implementation
 
     loader = build_dfa_test_loader(cfg, dataset_name, batch_size=batch_size)
     evaluator = DatasetEvaluators(

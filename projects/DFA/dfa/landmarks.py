@@ -35,9 +35,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Raw FLD visibility codes (DATASETS.md §2.5); also the visibility classifier's class indices.
+# Raw FLD visibility codes (docs/DESIGN.md §16.3); also the visibility classifier's class indices.
 FLD_VISIBLE, FLD_OCCLUDED, FLD_TRUNCATED = 0, 1, 2
-# Slots defined per clothing type (Upper, Lower, Whole), DATASETS.md §2.3; used when the dataset
+# Slots defined per clothing type (Upper, Lower, Whole), docs/DESIGN.md §16.1; used when the dataset
 # metadata has no ``class_keypoint_slots``.
 FLD_CLASS_SLOTS = [[0, 1, 2, 3, 6, 7], [4, 5, 6, 7], [0, 1, 2, 3, 4, 5, 6, 7]]
 # MODEL.DFA.CROP_MODE values: box resized to a square / long side resized + zero padding.
@@ -191,10 +191,10 @@ def garment_targets(
                 f"{where}: 'fld_visibility' must be {num_landmarks} codes in {{0, 1, 2}}, "
                 f"got {raw.tolist()}"
             )
-    else:  # COCO v (2 visible, 1 occluded, 0 unlabelled) -> FLD code (DATASETS.md §2.5)
+    else:  # COCO v (2 visible, 1 occluded, 0 unlabelled) -> FLD code (docs/DESIGN.md §16.3)
         raw = np.array([2, 1, 0], dtype=np.int64)[keypoints[:, 2].astype(np.int64).clip(0, 2)]
     visibility = np.where(defined, raw, -1)
-    # A truncated landmark has no trusted position (DATASETS.md §2.5); an unlabelled COCO point
+    # A truncated landmark has no trusted position (docs/DESIGN.md §16.3); an unlabelled COCO point
     # (v = 0) has none either, whatever fld_visibility says.
     labelled = defined & (visibility != FLD_TRUNCATED) & (keypoints[:, 2] > 0)
     return {

@@ -1,14 +1,25 @@
-"""Config keys of KGDet, all under ``MODEL.KGDET`` (names and defaults: KGDET_SPEC.md §14).
+"""Config keys of KGDet, all under ``MODEL.KGDET`` (names and defaults: docs/DESIGN.md §14).
 
-Test-time keys follow RetinaNet's naming (``*_TEST``), as the issue asks.
+Test-time keys follow RetinaNet's naming (``*_TEST``).
 """
 
-from typing import Sequence
+import difflib
+import os
+import re
+from typing import Callable, Iterator, Sequence
 
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
-__all__ = ["add_kgdet_config", "get_kgdet_cfg"]
+__all__ = ["ConfigError", "add_kgdet_config", "build_config", "get_kgdet_cfg"]
+
+
+class ConfigError(ValueError):
+    """A config file or override a user got wrong (missing file, unknown key, bad value).
+
+    The message is one line naming the file or key and what was expected; command-line entry
+    points print it without a traceback (``kgdet.cli``).
+    """
 
 
 def get_kgdet_cfg(config_file: str, opts: Sequence[str] = ()) -> CN:
@@ -16,12 +27,90 @@ def get_kgdet_cfg(config_file: str, opts: Sequence[str] = ()) -> CN:
 
     The one place scripts (train_net, demo, tools) build a config, so every script accepts the
     same files and overrides.
+
+    Raises:
+        ConfigError: missing config file, unknown key (with the nearest existing key), a value of
+            the wrong type, or an odd number of override items.
     """
+    return build_config(config_file, opts, add_kgdet_config)
+
+
+def build_config(
+    config_file: str, opts: Sequence[str] = (), *add_config: Callable[[CN], None]
+) -> CN:
+    """``get_cfg()`` extended by ``add_config`` functions, merged with a file and overrides.
+
+    Detectron2/yacs raise a bare ``KeyError`` for an unknown key and a ``FileNotFoundError`` from
+    deep inside the merge; this turns both (and type mismatches, odd-length overrides) into a
+    :class:`ConfigError` whose one-line message names the file or key, suggests the nearest
+    existing key (``difflib``), and says what was expected.
+    """
+    if not os.path.isfile(config_file):
+        raise ConfigError(_missing_file_message(config_file))
     cfg = get_cfg()
-    add_kgdet_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
+    for add in add_config:
+        add(cfg)
+    try:
+        cfg.merge_from_file(config_file)
+    except FileNotFoundError as e:  # a missing _BASE_ file
+        raise ConfigError(
+            f"config file '{e.filename}' (the _BASE_ of '{config_file}') not found"
+        ) from e
+    except (KeyError, ValueError, AssertionError) as e:
+        raise ConfigError(_merge_error_message(cfg, e, f"in config file '{config_file}'")) from e
+    opts = list(opts)
+    if len(opts) % 2:
+        raise ConfigError(
+            f"config overrides must be KEY VALUE pairs, got an odd number of items: {opts}"
+        )
+    try:
+        cfg.merge_from_list(opts)
+    except (KeyError, ValueError, AssertionError) as e:
+        raise ConfigError(_merge_error_message(cfg, e, "on the command line")) from e
     return cfg
+
+
+def _config_keys(node: CN, prefix: str = "") -> Iterator[str]:
+    for key, value in node.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, CN):
+            yield from _config_keys(value, full + ".")
+        else:
+            yield full
+
+
+def nearest_config_key(cfg: CN, key: str) -> str:
+    """The existing full key closest to ``key`` (``difflib``), or "" if nothing is close."""
+    keys = list(_config_keys(cfg))
+    match = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+    if not match:  # e.g. the right leaf under the wrong parent: compare the last component
+        leaf = key.rsplit(".", 1)[-1]
+        leaves = {k.rsplit(".", 1)[-1]: k for k in keys}
+        match = [leaves[m] for m in difflib.get_close_matches(leaf, list(leaves), n=1)]
+    return match[0] if match else ""
+
+
+def _merge_error_message(cfg: CN, error: Exception, where: str) -> str:
+    text = str(error.args[0]) if error.args else str(error)
+    # yacs says "Non-existent config key: K" (file) or "Non-existent key: K" (overrides).
+    unknown = re.match(r"Non-existent (?:config )?key: (\S+)$", text)
+    if unknown:
+        key = unknown.group(1)
+        near = nearest_config_key(cfg, key)
+        hint = f"; did you mean {near}?" if near else ""
+        return f"unknown config key {key} {where}{hint}"
+    return f"bad config value {where}: {' '.join(text.split())}"
+
+
+def _missing_file_message(config_file: str) -> str:
+    folder = os.path.dirname(config_file) or "."
+    hint = ""
+    if os.path.isdir(folder):
+        yamls = sorted(f for f in os.listdir(folder) if f.endswith((".yaml", ".yml")))
+        near = difflib.get_close_matches(os.path.basename(config_file), yamls, n=1, cutoff=0.8)
+        if near:
+            hint = f"; did you mean {os.path.join(folder, near[0])}?"
+    return f"config file '{config_file}' not found: expected a yaml config file{hint}"
 
 
 def add_kgdet_config(cfg: CN) -> None:
@@ -34,7 +123,7 @@ def add_kgdet_config(cfg: CN) -> None:
     k.NUM_CLASSES = 13
     # Global keypoint slots over all classes (DeepFashion2: 294; FLD: 8).
     k.NUM_KEYPOINTS = 294
-    # FPN levels fed to the head. Released config: P5 only (KGDET_SPEC §1).
+    # FPN levels fed to the head. Released config: P5 only (docs/DESIGN.md §2).
     k.IN_FEATURES = ["p5"]
     # Compute every FPN level at inference even if the head uses only some (Table 1 FLOPs).
     k.FULL_FPN_TEST = False
@@ -98,7 +187,7 @@ def add_kgdet_config(cfg: CN) -> None:
     # Visibility BCE weight (keypoint-selection variant only).
     k.VIS_WEIGHT = 1.0
 
-    # ---- flip fusion (KGDET_SPEC §8.4) -----------------------------------------------------
+    # ---- flip fusion (paper Table 4 "flip"; docs/DESIGN.md §8.4) ----------------------------
     k.FLIP_FUSION = False
 
     # ---- inference -------------------------------------------------------------------------

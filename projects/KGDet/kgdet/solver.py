@@ -4,7 +4,7 @@
 CPU runs: on the synthetic set its loss falls faster early on, and after 600 iterations it gave
 box AP 7.1 against SGD's 6.1 (README, "Results"); the committed configs keep SGD.
 
-KGDET_SPEC §9: the L2 norm of **all** gradients is clipped jointly to 35. Detectron2's
+docs/DESIGN.md §9: the L2 norm of **all** gradients is clipped jointly to 35. Detectron2's
 ``SOLVER.CLIP_GRADIENTS`` (CLIP_TYPE "norm") clips each parameter separately, so this module wraps
 the optimizer with a global clipper, as Detectron2 projects do for "full_model" clipping
 (``SOLVER.CLIP_GRADIENTS_FULL_MODEL_NORM``; 0 disables it).

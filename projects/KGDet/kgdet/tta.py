@@ -1,8 +1,8 @@
 """Image-level test-time augmentation for KGDet (Detectron2's ``TEST.AUG`` style).
 
-KGDET_SPEC §8.4 notes that the official "flip_forward" mirrors padded *feature maps* (misaligned
+docs/DESIGN.md §8.4 notes that the official "flip_forward" mirrors padded *feature maps* (misaligned
 for right-padded images) and that its ``aug_test`` path is broken (§13.8–9); this module is the
-clean image-level alternative the spec allows: the model runs on every augmented copy of the
+clean image-level alternative (docs/DESIGN.md §8.4): the model runs on every augmented copy of the
 image that :class:`detectron2.modeling.DatasetMapperTTA` makes (``TEST.AUG.MIN_SIZES`` ×
 ``TEST.AUG.MAX_SIZE``, plus the mirror of each when ``TEST.AUG.FLIP``); every copy's boxes and
 keypoints are mapped back to the original image through the inverse transform (x ↦ W − x for a

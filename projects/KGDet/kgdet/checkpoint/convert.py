@@ -26,7 +26,7 @@ Tensor layouts need no change: class channels are the 13 classes in dataset orde
 labels 1..13 minus the background), keypoint and point channels are yx-interleaved in global
 slot order in both, DCN weights are (out, in, k, k) in both. ``num_batches_tracked`` buffers
 are dropped when the target model has none (Detectron2's FrozenBN).
-Known model differences that conversion cannot remove (KGDET_SPEC §1, §13.5): the official
+Known model differences that conversion cannot remove (docs/DESIGN.md §1, §13.5): the official
 model trains BN affine parameters (ours: FrozenBN keeps the converted values), and uses the
 legacy "+1" box convention (ours: continuous coordinates) — boxes may differ by about a pixel.
 """

@@ -1,7 +1,7 @@
 """Parameter names and shapes of the official KGDet model (mmdetection v1), from its description.
 
 The released detector (``RepPointsDetectorKp`` in ShenhanQian/KGDet, config
-``kgdet_moment_r50_fpn_1x-deepfashion2.py``) consists of (KGDET_SPEC §1–§2):
+``kgdet_moment_r50_fpn_1x-deepfashion2.py``) consists of (docs/DESIGN.md §1–§2):
 
 - ``backbone.*``: mmdetection's ResNet ("pytorch" style): ``conv1``/``bn1`` stem and
   ``layer1``..``layer4`` of Bottleneck blocks (``conv1..3``, ``bn1..3``, ``downsample.0/1`` in the

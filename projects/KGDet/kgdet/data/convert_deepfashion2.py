@@ -1,4 +1,4 @@
-"""DeepFashion2 raw per-image annotations -> the official COCO-style json (DATASETS.md §1.5).
+"""DeepFashion2 raw per-image annotations -> the official COCO-style json (docs/DESIGN.md §15.2).
 
 Same semantics as the official ``evaluation/deepfashion2_to_coco.py`` for every field the
 evaluation reads: one image per annotation file (``id`` = the file's number, ``file_name``

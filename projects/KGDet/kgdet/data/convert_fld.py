@@ -1,4 +1,4 @@
-"""FLD (DeepFashion Fashion Landmark Detection) lists -> COCO-style json (DATASETS.md §2.7).
+"""FLD (DeepFashion Fashion Landmark Detection) lists -> COCO-style json (docs/DESIGN.md §16.4).
 
 Inputs under ``root`` (the layout of the release): ``Anno/list_bbox.txt``,
 ``Anno/list_landmarks.txt``, ``Eval/list_eval_partition.txt`` and the images at the relative

@@ -1,6 +1,6 @@
 """``KGDetDatasetMapper``: Detectron2's ``DatasetMapper`` that always carries keypoints.
 
-Extends the two documented extension points only (DETECTRON2_GUIDE §4.3): ``from_config`` turns
+Extends the two documented extension points of ``DatasetMapper`` only: ``from_config`` turns
 keypoints on regardless of ``MODEL.KEYPOINT_ON`` and takes the flip indices from the training
 datasets' ``keypoint_flip_map``; ``_transform_annotations`` adds ``gt_keypoint_defined``, so the
 model can tell "slot does not exist for this garment class" from "exists but unlabelled".
@@ -172,9 +172,35 @@ class KGDetDatasetMapper(DatasetMapper):
         return dataset_dict
 
     def _transform_annotations(self, dataset_dict, transforms, image_shape):
-        num_annotations = sum(1 for a in dataset_dict["annotations"] if a.get("iscrowd", 0) == 0)
-        super()._transform_annotations(dataset_dict, transforms, image_shape)
-        instances = dataset_dict["instances"]
+        # DatasetMapper._transform_annotations, except that the keypoints are stacked into one
+        # (N, K, 3) array (Detectron2 builds the tensor from a list of arrays, which is slow and
+        # warns) and that annotations without keypoints get K unlabelled slots.
+        annos = [
+            utils.transform_instance_annotations(
+                obj, transforms, image_shape, keypoint_hflip_indices=self.keypoint_hflip_indices
+            )
+            for obj in dataset_dict.pop("annotations")
+            if obj.get("iscrowd", 0) == 0
+        ]
+        num_annotations = len(annos)
+        keypoints = None
+        if any("keypoints" in a for a in annos):
+            unlabelled = np.zeros((self.num_keypoints, 3), dtype=np.float32)
+            keypoints = np.stack(
+                [np.asarray(a.pop("keypoints", unlabelled), dtype=np.float32) for a in annos]
+            )
+        for a in annos:
+            if not self.use_instance_mask:
+                a.pop("segmentation", None)
+        instances = utils.annotations_to_instances(
+            annos, image_shape, mask_format=self.instance_mask_format
+        )
+        if keypoints is not None:
+            instances.gt_keypoints = Keypoints(torch.from_numpy(keypoints))
+        if self.recompute_boxes:
+            instances.gt_boxes = instances.gt_masks.get_bounding_boxes()
+        instances = utils.filter_empty_instances(instances)
+        dataset_dict["instances"] = instances
 
         num_dropped = num_annotations - len(instances)
         if num_dropped > 0:

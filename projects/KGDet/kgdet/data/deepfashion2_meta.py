@@ -1,11 +1,11 @@
 """DeepFashion2 constants: classes, the 294 global keypoint slots, flip pairs and OKS sigmas.
 
-Sources (DATASETS.md §1.4, §1.7, §1.8 and KGDET_SPEC.md §8.1–8.2):
+Sources (docs/DESIGN.md §8.1–8.2, §15):
 
 * 13 classes in official order; names as the official converter writes them (``category_id`` 1..13).
 * Class ``c`` owns the contiguous block ``DF2_KEYPOINT_SLOT_RANGES[c]`` (0-based, half-open) of the
   294 global slots; keypoint names are the strings "1".."294" as in the official COCO-style files.
-* Flip pairs: KGDet's per-class mirror pairs (KGDET_SPEC §8.2; 131 pairs, 32 self-mirrored
+* Flip pairs: KGDet's per-class mirror pairs (docs/DESIGN.md §8.2; 131 pairs, 32 self-mirrored
   slots). No pair crosses a class block, so one global permutation serves every class.
 * OKS sigmas: the literal 294-value array of the DeepFashion2 evaluator, unchanged (their
   category-3 ordering is not mirror-symmetric; do not "fix" the flip map from them).
@@ -82,7 +82,7 @@ DF2_KEYPOINT_SLOT_RANGES: List[Tuple[int, int]] = _slot_ranges(DF2_NUM_KEYPOINTS
 DF2_CLASS_KEYPOINT_SLOTS: List[List[int]] = [list(range(s, e)) for s, e in DF2_KEYPOINT_SLOT_RANGES]
 DF2_KEYPOINT_NAMES: List[str] = [str(i) for i in range(1, DF2_NUM_KEYPOINTS + 1)]
 
-# Compact flip table (KGDET_SPEC §8.2), class-local 1-based indices. For each class:
+# Compact flip table (docs/DESIGN.md §8.2), class-local 1-based indices. For each class:
 # explicit pairs, runs (a, b, n) meaning a+i <-> b-i for i = 0..n, and the self-mirrored points
 # (listed so the table can be checked to cover every landmark of the class exactly once).
 _UPPER_5 = {"pairs": [(2, 6), (3, 5)], "runs": [(7, 15, 3)], "fixed": [1, 4, 11]}
@@ -145,7 +145,7 @@ DF2_KEYPOINT_FLIP_MAP: List[Tuple[str, str]] = [
 ]
 
 # The official DeepFashion2 OKS sigmas (``cocoeval.py`` ``computeOks``), global slot order,
-# one comment line per class. DATASETS.md §1.8.
+# one comment line per class. docs/DESIGN.md §15.3.
 # fmt: off
 DF2_KEYPOINT_OKS_SIGMAS: List[float] = [
     # 1
@@ -206,7 +206,7 @@ def get_deepfashion2_metadata() -> Dict[str, Any]:
     ``class_keypoint_slots`` (13 lists of global slots), ``keypoint_slot_ranges`` (13 half-open
     (start, end)), ``evaluator_type`` ("deepfashion2"). Fresh copies on every call.
 
-    Key names and ``evaluator_type`` follow the team contract (TEAM.md) over DETECTRON2_GUIDE §4.4
+    Key names and ``evaluator_type`` follow the project's metadata contract
     (which suggests ``class_keypoint_slices`` and ``evaluator_type="coco"``).
     """
     return {

@@ -1,6 +1,6 @@
 """FLD (DeepFashion Fashion Landmark Detection) constants: 3 classes, 8 shared landmark slots.
 
-Sources: DATASETS.md §2.3–2.5 and §2.7, KGDET_SPEC.md §8.5.
+Sources: docs/DESIGN.md §8.5 and §16.
 
 * Classes (``category_id`` = FLD ``clothes_type``): 1 Upper, 2 Lower, 3 Whole — KGDet's
   ``DeepFashionDataset`` order.
@@ -56,7 +56,7 @@ FLD_CLASS_KEYPOINT_SLOTS: List[List[int]] = [
     [0, 1, 2, 3, 4, 5, 6, 7],  # Whole: all eight
 ]
 
-# FLD ``variation_type`` codes (kept raw, 1..5) and their subset names (DATASETS.md §2.4).
+# FLD ``variation_type`` codes (kept raw, 1..5) and their subset names (docs/DESIGN.md §16.2).
 FLD_VARIATION_TYPES: Dict[int, str] = {
     1: "normal_pose",
     2: "medium_pose",
@@ -69,7 +69,7 @@ FLD_VARIATION_TYPES: Dict[int, str] = {
 FLD_VISIBILITY_TO_COCO: Dict[int, int] = {0: 2, 1: 1, 2: 0}
 # ``fld_visibility`` value of slots that do not exist for the garment's clothes type: FLD's own
 # padding ("0 0 0" triplets), as the team's FLD contract keeps raw codes in {0, 1, 2}. It reads
-# as "visible", so always select slots with ``class_keypoint_slots`` first (DATASETS.md §2.2).
+# as "visible", so always select slots with ``class_keypoint_slots`` first (docs/DESIGN.md §16.1).
 FLD_VISIBILITY_PADDING: int = 0
 
 

@@ -1,4 +1,4 @@
-"""DeepFashion2 box and keypoint AP through Detectron2's ``COCOEvaluator`` (DATASETS.md §1.8).
+"""DeepFashion2 box and keypoint AP through Detectron2's ``COCOEvaluator`` (docs/DESIGN.md §15.3).
 
 The official DeepFashion2 protocol is stock COCO evaluation (pycocotools) with 294 per-landmark
 OKS sigmas. ``DeepFashion2Evaluator`` keeps Detectron2's ``COCOEvaluator`` (result export,
@@ -76,7 +76,7 @@ KEYPOINT_GT_VARIANTS = ("vis_occ", "vis")
 
 
 def convert_dataset_dicts_to_coco_json(dataset_name: str, output_path: str) -> str:
-    """COCO json of a dict-registered dataset with ``area`` = box area (DATASETS.md §1.5).
+    """COCO json of a dict-registered dataset with ``area`` = box area (docs/DESIGN.md §15.2).
 
     Uses Detectron2's ``convert_to_coco_dict`` on a deep copy of the dicts with the
     segmentation removed (so it takes the box area instead of the polygon area, and so its

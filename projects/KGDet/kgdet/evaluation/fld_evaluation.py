@@ -1,6 +1,6 @@
 """``FLDEvaluator``: FLD landmark metrics NE and PDL as a Detectron2 ``DatasetEvaluator``.
 
-Metric definitions: :mod:`kgdet.evaluation.fld_metrics` (DATASETS.md §2.8). What counts:
+Metric definitions: :mod:`kgdet.evaluation.fld_metrics` (docs/DESIGN.md §16.5). What counts:
 
 - landmarks defined for the **ground-truth** clothing type (``class_keypoint_slots``) and
   FLD-visible (raw ``fld_visibility == 0``; ``visible_only=False`` also counts occluded ones,
@@ -9,7 +9,7 @@ Metric definitions: :mod:`kgdet.evaluation.fld_metrics` (DATASETS.md §2.8). Wha
 - Two kinds of outputs are accepted per image:
 
   * detector outputs ``{"instances": Instances}`` with ``pred_boxes``, ``scores`` and
-    ``pred_keypoints`` (N, K, 3). Primary protocol (DATASETS.md §2.8): each detection is
+    ``pred_keypoints`` (N, K, 3). Primary protocol (docs/DESIGN.md §16.5): each detection is
     assigned to the ground-truth garment it overlaps most and every garment takes the
     highest-scoring detection assigned to it, class-agnostic — for FLD's one garment per image
     this is exactly "the top-1 detection of the image" (every detection is assigned to the one
@@ -51,7 +51,7 @@ logger = logging.getLogger(__name__)
 def match_detections_to_garments(
     det_boxes: torch.Tensor, scores: torch.Tensor, gt_boxes: torch.Tensor, min_iou: float = 0.0
 ) -> List[int]:
-    """Pick one detection per ground-truth garment (DATASETS.md §2.8, generalised to G >= 1).
+    """Pick one detection per ground-truth garment (docs/DESIGN.md §16.5, generalised to G >= 1).
 
     Every detection is assigned to the garment it overlaps most; with a single garment every
     detection is assigned to it. A garment takes the highest-scoring detection among those

@@ -1,6 +1,6 @@
-"""FLD landmark metrics NE and PDL on arrays (DATASETS.md §2.8), independent of Detectron2.
+"""FLD landmark metrics NE and PDL on arrays (docs/DESIGN.md §16.5), independent of Detectron2.
 
-Conventions (followed from DATASETS.md §2.8; the DFA paper leaves some of them open):
+Conventions (followed from docs/DESIGN.md §16.5; the DFA paper leaves some of them open):
 
 - per-point error ``e = sqrt(((x̂ - x) / W)² + ((ŷ - y) / H)²)`` with W, H the **ground-truth box**
   size (the box stretched to a 224×224 crop, the convention of later FLD papers); the full-image
@@ -42,7 +42,7 @@ PAPER_SIX_LANDMARKS = (
     "left_hem",
     "right_hem",
 )
-# FLD's variation_type codes (DATASETS.md §2.4).
+# FLD's variation_type codes (docs/DESIGN.md §16.2).
 FLD_VARIATION_NAMES = {
     1: "normal_pose",
     2: "medium_pose",

@@ -1,4 +1,4 @@
-"""Score official-format DeepFashion2 result files with plain pycocotools (DATASETS.md §1.8).
+"""Score official-format DeepFashion2 result files with plain pycocotools (docs/DESIGN.md §15.3).
 
 This is the official evaluation driver (``deepfashion2_test.py``) with the one change the
 official ``cocoeval.py`` hard-codes: the 294 OKS sigmas are passed as ``params.kpt_oks_sigmas``

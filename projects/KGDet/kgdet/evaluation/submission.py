@@ -1,4 +1,4 @@
-"""DeepFashion2 submission files in the official result format (DATASETS.md §1.8).
+"""DeepFashion2 submission files in the official result format (docs/DESIGN.md §15.3).
 
 Two JSON lists, one record per detection:
 

@@ -1,4 +1,4 @@
-"""The stages of the KGDet cascade head: the initial stage and a refinement stage (KGDET_SPEC §2-3).
+"""The stages of the KGDet cascade head: initial and refinement stage (docs/DESIGN.md §2-3).
 
 Both read the shared tower features (F_cls, F_reg) and return the stage's raw outputs:
 ``cls`` (N, C, H, W) or None, ``kp`` (N, 2K, H, W) accumulated keypoint offsets or None,

@@ -1,4 +1,4 @@
-"""Cell grid and target assignment (KGDET_SPEC §5).
+"""Cell grid and target assignment (docs/DESIGN.md §5).
 
 Shape shorthand: R = cells over all fed levels (level-major, row-major inside a level),
 M = ground-truth objects of one image.
@@ -70,7 +70,7 @@ class CellGrid:
         return [h * w for h, w in self.level_sizes]
 
     def valid_mask(self, image_size: Tuple[int, int], size_divisibility: int) -> Tensor:
-        """(R,) bool: cells inside the image's own padded extent (KGDET_SPEC §5.1).
+        """(R,) bool: cells inside the image's own padded extent (docs/DESIGN.md §5.1).
 
         A cell (i, j) of stride s is valid if i < ceil(H_pad / s) and j < ceil(W_pad / s), with
         H_pad = d·ceil(h / d) for the backbone's size divisibility d (32). Cells that exist only
@@ -89,7 +89,7 @@ class CellGrid:
 
 
 class PointAssigner:
-    """RepPoints/KGDet point assigner, assigning once for all stages (KGDET_SPEC §5.1).
+    """RepPoints/KGDet point assigner, assigning once for all stages (docs/DESIGN.md §5.1).
 
     1. GT level ℓ = floor((log2(w/scale) + log2(h/scale)) / 2), clamped to the fed levels (the
        official code truncates toward zero; floor is what §13.10 asks for; they agree wherever the
@@ -148,7 +148,7 @@ class PointAssigner:
 
 
 class MaxIoUAssigner:
-    """Max-IoU assignment on predicted boxes (RepPoints' refine stage, KGDET_SPEC §10).
+    """Max-IoU assignment on predicted boxes (RepPoints' refine stage, docs/DESIGN.md §10).
 
     IoU ≥ high → positive, < low → negative, in between → ignored; plus, through Detectron2's
     ``Matcher(allow_low_quality_matches=True)``, every GT's highest-IoU cells are positive.

@@ -1,6 +1,6 @@
 """ResNet + GroupNorm FPN with P6/P7 from res5, computing only the levels the head uses.
 
-KGDET_SPEC §1: FPN on C3–C5, 256 channels, GN(32) on every FPN conv (no bias, no activation),
+docs/DESIGN.md §1: FPN on C3–C5, 256 channels, GN(32) on every FPN conv (no bias, no activation),
 P6 = conv3×3/s2 on **C5**, P7 = conv3×3/s2 on P6 (no ReLU in between), both with GN.
 
 The released KGDet model feeds only P5 to its head. P5 = output(lateral(C5)): no top-down input
@@ -31,7 +31,7 @@ class LastLevelP6P7GN(nn.Module):
     """P6 = conv3×3/s2 (+norm) on ``in_feature`` (res5), P7 = conv3×3/s2 (+norm) on P6.
 
     Unlike Detectron2's ``LastLevelP6P7`` there is no ReLU between P6 and P7 and both convs carry
-    the FPN's norm (the official mmdetection-v1 neck, KGDET_SPEC §1).
+    the FPN's norm (the official mmdetection-v1 neck, docs/DESIGN.md §1).
     """
 
     def __init__(self, in_channels: int, out_channels: int, norm: str = "GN", in_feature="res5"):

@@ -3,7 +3,7 @@
 Detectron2's ``DeformConv`` has no CPU backward (and is a dummy without the compiled ``_C``);
 torchvision's ``deform_conv2d`` has forward and backward on CPU and CUDA but is slow on CPU
 (its im2col kernel is single-threaded per image). Both use the same offset layout (channel 2m =
-dy, 2m+1 = dx of kernel tap m, row-major; KGDET_SPEC §3.1, DETECTRON2_GUIDE §2.3) and weight
+dy, 2m+1 = dx of kernel tap m, row-major; docs/DESIGN.md §3.1) and weight
 shape (out, in, k, k).
 
 On CPU the default path writes the deformable convolution as
@@ -187,7 +187,7 @@ def deform_conv2d_gather(
 
 
 def deform_conv2d_grid_sample(x: Tensor, offset: Tensor, weight: Tensor, padding: int) -> Tensor:
-    """Deformable conv as one ``F.grid_sample`` of all taps + one matmul (the issue's variant).
+    """Deformable conv as one ``F.grid_sample`` of all taps + one matmul (the grid-sample variant).
 
     The input is zero-padded by one pixel and sampled with ``padding_mode="zeros"``,
     ``align_corners=True`` in that padded frame, which reproduces ``deform_conv2d``'s
@@ -231,7 +231,7 @@ class KGDeformConv(nn.Module):
     * ``"detectron2"``: ``detectron2.layers.deform_conv`` (on CPU its forward is torchvision's
       and its backward raises, as in Detectron2).
 
-    Under AMP the convolution runs in float32 (DETECTRON2_GUIDE §2.3).
+    Under AMP the convolution runs in float32 (docs/DESIGN.md §3.1).
     """
 
     def __init__(

@@ -1,7 +1,7 @@
 """KGDetHead: shared towers + a cascade of stages producing classes, keypoints and boxes.
 
-KGDET_SPEC §2-4 (structure, init, moment transform), §8.4 (flip fusion) and §10 (RepPoints
-baselines from the same code). Output contract: TEAM.md "Head <-> meta-architecture interface".
+docs/DESIGN.md §2-4 (structure, init, moment transform), §8.4 (flip fusion) and §10 (RepPoints
+baselines from the same code). Output contract: ``KGDetHead.forward``'s docstring.
 """
 
 import logging
@@ -42,7 +42,7 @@ def _make_tower(in_channels: int, channels: int, num_convs: int, norm: str) -> n
 
 
 class KGDetHead(nn.Module):
-    """The KGDet head (and the RepPoints / RepPoints-Kp heads of KGDET_SPEC §10).
+    """The KGDet head (and the RepPoints / RepPoints-Kp heads of docs/DESIGN.md §10).
 
     ``forward(features)`` returns one dict per stage; every value is a list over the fed levels
     (or None when the stage/model lacks that output):

@@ -1,4 +1,4 @@
-"""KGDet loss terms (KGDET_SPEC §6), thin wrappers over fvcore's focal and smooth-L1 losses.
+"""KGDet loss terms (docs/DESIGN.md §6), thin wrappers over fvcore's focal and smooth-L1 losses.
 
 Shape shorthand: V = valid cells of the batch, P = positive cells of the batch, C = classes,
 K = keypoint slots. Every function returns an un-normalised **sum**; the caller divides by the
@@ -81,7 +81,7 @@ def keypoint_loss(
 
 
 def visibility_loss(logits: Tensor, visibility: Tensor) -> Tensor:
-    """Keypoint-selection visibility BCE (KGDET_SPEC §3.4), mean over K, summed over positives.
+    """Keypoint-selection visibility BCE (docs/DESIGN.md §3.4), mean over K, summed over positives.
 
     Args:
         logits: (P, K) visibility logits.

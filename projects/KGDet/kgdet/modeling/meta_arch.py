@@ -3,7 +3,7 @@
 Shape shorthand: N = images, R = cells over all fed levels, C = classes, K = keypoint slots,
 T = stages, P = positive cells of the batch, G = ground-truth objects of the batch.
 
-Training (KGDET_SPEC §5–§6): one point assignment shared by all stages (or a max-IoU
+Training (docs/DESIGN.md §5–§6): one point assignment shared by all stages (or a max-IoU
 re-assignment on the previous stage's boxes for the RepPoints baselines, §10); per stage a focal
 classification loss, a smooth-L1 box loss and a weighted smooth-L1 keypoint loss, all normalised
 by Σ_images max(#positives, 1) and weighted per stage.
@@ -336,7 +336,7 @@ class KGDet(DenseDetector):
 
     @torch.no_grad()
     def label_cells(self, grid: CellGrid, valid: Tensor, gt_instances: List[Instances]) -> Tensor:
-        """Point assignment (KGDET_SPEC §5.1), per image. Returns (N, R) matched GT indices
+        """Point assignment (docs/DESIGN.md §5.1), per image. Returns (N, R) matched GT indices
         (per image), ``BACKGROUND`` or ``IGNORE``."""
         return torch.stack(
             [
@@ -349,7 +349,7 @@ class KGDet(DenseDetector):
     def label_cells_by_iou(
         self, previous: StageOutput, grid: CellGrid, valid: Tensor, gt_instances: List[Instances]
     ) -> Tensor:
-        """Max-IoU assignment on the previous stage's (detached) boxes (KGDET_SPEC §10)."""
+        """Max-IoU assignment on the previous stage's (detached) boxes (docs/DESIGN.md §10)."""
         box_cells = torch.cat([permute_to_N_HWA_K(x, 4) for x in previous["box"]], dim=1)
         boxes = grid.points.repeat(1, 2)[None] + grid.strides[None, :, None] * box_cells
         return torch.stack(
@@ -479,6 +479,12 @@ class KGDet(DenseDetector):
             # (hidden by Detectron2's Visualizer; ignored by OKS).
             kp_scores = result.scores[:, None] * self.class_keypoint_mask[result.pred_classes]
             result.pred_keypoints = torch.cat((xy, kp_scores[..., None].to(xy.dtype)), dim=-1)
+            if final.get("vis") is not None:
+                # Keypoint selection predicts whether each keypoint is in view: the one real
+                # per-keypoint confidence, (N, K) in [0, 1], 0 outside the class's slots.
+                vis = self._gather_cells(final["vis"], img_idx[keep], cells).sigmoid()
+                mask = self.class_keypoint_mask[result.pred_classes]
+                result.pred_keypoint_visibility = vis * mask.to(vis.dtype)
         return result
 
 

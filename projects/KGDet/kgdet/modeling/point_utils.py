@@ -1,4 +1,4 @@
-"""Pure tensor functions on point sets in the head's layout (KGDET_SPEC §0, §3, §4, §8.4).
+"""Pure tensor functions on point sets in the head's layout (docs/DESIGN.md §0, §3, §4, §8.4).
 
 A set of M points is a (N, 2M, H, W) tensor, "yx-interleaved": channel 2m is the row (y) offset
 of point m and channel 2m+1 its column (x) offset, in feature cells relative to the cell's grid
@@ -95,7 +95,7 @@ xy_to_yx = yx_to_xy
 def moment_transform(
     points: Tensor, moment_lambda: Tensor, moment_mul: float = 0.01, param: str = "exp"
 ) -> Tensor:
-    """Box (x1, y1, x2, y2) from a point set by its mean and unbiased std (KGDET_SPEC §4).
+    """Box (x1, y1, x2, y2) from a point set by its mean and unbiased std (docs/DESIGN.md §4).
 
     Args:
         points: (N, 2P, H, W) yx-interleaved, P >= 2.
@@ -133,7 +133,7 @@ def moment_transform(
 def select_points_by_score(
     offsets: Tensor, scores: Tensor, num_selected: int, sort_indices: bool = True
 ) -> Tuple[Tensor, Tensor]:
-    """Keypoint selection (KGDET_SPEC §3.4): gather the n highest-scoring points per location.
+    """Keypoint selection (docs/DESIGN.md §3.4): gather the n highest-scoring points per location.
 
     Args:
         offsets: (N, 2K, H, W) yx-interleaved keypoint offsets.
