@@ -285,7 +285,7 @@ def _to_pixels(
 
 
 def _variation_type(abs_rotation: float, num_truncated: int) -> int:
-    """FLD variation type (DATASETS.md §2.4) from the pose and the number of cut-off landmarks.
+    """FLD variation type (Liu et al., ECCV 2016, Sec. 3) from the pose and the cut-off landmarks.
 
     5 large zoom-in (> 3 truncated), 4 medium zoom-in (> 1 truncated), else by rotation:
     1 normal (< 6 deg and nothing truncated), 2 medium pose (< 12 deg), 3 large pose.

@@ -10,7 +10,9 @@ from typing import Dict, List, Sequence, Tuple
 
 __all__ = ["DEFAULT_KEYS", "read_metrics", "plot_learning_curve"]
 
-DEFAULT_KEYS = ("bbox/AP", "keypoints/AP")
+# Box AP and the keypoint AP of the DeepFashion2 evaluator (named by its ground-truth variant) or
+# of Detectron2's COCOEvaluator.
+DEFAULT_KEYS = ("bbox/AP", "keypoints_vis_occ/AP", "keypoints/AP")
 
 
 def read_metrics(
