@@ -20,7 +20,14 @@ import argparse
 import logging
 import os
 import sys
-import torch
+import warnings
+
+with warnings.catch_warnings(record=True) as _import_warnings:
+    warnings.simplefilter("always")
+    from kgdet import cli  # imports Detectron2; its warnings are replayed, minus third-party ones
+cli.filter_third_party_warnings(replay=_import_warnings)
+
+import torch  # noqa: E402
 
 import detectron2.data.transforms as T
 from detectron2.checkpoint import DetectionCheckpointer
@@ -57,6 +64,7 @@ def get_parser() -> argparse.ArgumentParser:
         help="ONNX only: ONNX's DeformConv operator (opset >= 19) or the gather formulation",
     )
     parser.add_argument("--opset", type=int, default=19, help="ONNX opset")
+    cli.add_debug_argument(parser)
     parser.add_argument(
         "opts", default=[], nargs=argparse.REMAINDER, help="config overrides KEY VALUE ..."
     )
@@ -104,11 +112,17 @@ def compare(model, exported, image: torch.Tensor) -> str:
 
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
+    cli.pop_debug_flag(args.opts)
+    return cli.run_main(lambda: _export(args), "export_model.py", argv)
+
+
+def _export(args: argparse.Namespace) -> int:
     setup_logger(name="kgdet")
     logger.info(f"Arguments: {args}")
     cfg = get_kgdet_cfg(args.config_file, args.opts)
     cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
+    cli.check_weights(cfg)
     model = build_model(cfg).eval()
     DetectionCheckpointer(model).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
     image = sample_image(cfg, args.sample_image)
