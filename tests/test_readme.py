@@ -58,6 +58,10 @@ RUN: Dict[str, List[str]] = {
         "--num-images",
         "2",
     ],
+    # README "Deploy": the export of that checkpoint, which the ExportedPredictor snippet reads.
+    "python tools/deploy/export_model.py --config-file configs/kgdet_synth.yaml --format onnx "
+    "--export-method tracing --output output/export MODEL.WEIGHTS "
+    "output/kgdet_synth/model_final.pth": [],
     # DFA README: the synthetic cascade, and the KGDet detector of the pipeline snippet.
     "python tools/train_dfa.py --config-file configs/dfa_synth.yaml --num-threads 1": FAST_DFA,
     "python train_net.py --config-file configs/kgdet_synth.yaml DATASETS.TRAIN "
