@@ -1,5 +1,6 @@
 """kgdet.cli and the config builder: ordinary mistakes give one line and exit status 2."""
 
+import ast
 import os
 import subprocess
 import sys
@@ -122,3 +123,30 @@ def test_train_net_errors_are_one_line_with_status_2(args, expected):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr  # no warning, no traceback
     assert lines[0].startswith("train_net.py: error: ") and expected in lines[0]
+
+
+def _entry_points():
+    scripts = ["train_net.py", "demo.py", *sorted(p.relative_to(REPO).as_posix() for p in [
+        *(REPO / "tools").glob("*.py"), *(REPO / "tools" / "deploy").glob("*.py"),
+        *(REPO / "datasets").glob("prepare_*.py")])]  # fmt: skip
+    return scripts
+
+
+@pytest.mark.parametrize("script", _entry_points())
+def test_every_entry_point_filters_third_party_warnings_before_importing(script):
+    """The torch.jit.script deprecation (fvcore at import) is hidden by every command-line tool:
+    each one records the warnings of ``from kgdet import cli`` and calls
+    ``cli.filter_third_party_warnings`` before any other project or Detectron2 import."""
+    tree = ast.parse((REPO / script).read_text())
+    imports_before_filter = []
+    for node in tree.body:
+        if isinstance(node, ast.Expr) and "filter_third_party_warnings" in ast.unparse(node):
+            break
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [
+                a.name for a in node.names]  # fmt: skip
+            imports_before_filter += [n for n in names if n.split(".")[0] in (
+                "detectron2", "kgdet", "dfa", "torch", "fvcore")]  # fmt: skip
+    else:
+        pytest.fail(f"{script} never calls cli.filter_third_party_warnings at module level")
+    assert not imports_before_filter, f"{script} imports {imports_before_filter} before the filter"

@@ -190,6 +190,8 @@ def _help(script: str) -> str:
     if script not in _HELP:
         proc = _run(f"python {script} --help", REPO, timeout=300)
         assert proc.returncode == 0, f"`python {script} --help` failed:\n{proc.stderr[-3000:]}"
+        # No warning before the tool does anything (third-party ones are filtered by kgdet.cli).
+        assert "Warning" not in proc.stderr, f"`python {script} --help` warns:\n{proc.stderr}"
         _HELP[script] = proc.stdout
     return _HELP[script]
 

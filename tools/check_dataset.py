@@ -20,6 +20,13 @@ import argparse
 import logging
 import os
 import sys
+import warnings
+
+with warnings.catch_warnings(record=True) as _import_warnings:
+    warnings.simplefilter("always")
+    from kgdet import cli  # imports Detectron2; its warnings are replayed, minus third-party ones
+cli.filter_third_party_warnings(replay=_import_warnings)
+
 from typing import Dict, List, Optional, Tuple
 import tqdm
 
@@ -71,6 +78,7 @@ def get_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--report", help="report file to write")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    cli.add_debug_argument(parser)
     return parser
 
 
@@ -85,17 +93,18 @@ def _resolve(args: argparse.Namespace) -> Tuple[str, Optional[str], str]:
     """(name, json file or None, image root) from the command line."""
     if args.dataset:
         meta = MetadataCatalog.get(args.dataset)
-        if args.dataset not in DatasetCatalog.list():
-            raise SystemExit(f"check_dataset: '{args.dataset}' is not a registered dataset")
+        cli.check_datasets([args.dataset], "--dataset")
         if not meta.get("json_file", None) or not meta.get("image_root", None):
             DatasetCatalog.get(args.dataset)  # built-in datasets set their paths when loaded
         json_file, image_root = meta.get("json_file", None), meta.get("image_root", None)
         if not json_file:
-            raise SystemExit(f"check_dataset: '{args.dataset}' has no json_file (not a json set)")
+            raise cli.UsageError(
+                f"--dataset '{args.dataset}' has no json_file (not a json data set)"
+            )
         return args.dataset, json_file, image_root
     if args.json:
         if not args.image_root:
-            raise SystemExit("check_dataset: --json needs --image-root")
+            raise cli.UsageError("--json needs --image-root")
         return os.path.splitext(os.path.basename(args.json))[0], args.json, args.image_root
     if not args.path:
         get_parser().error("give a dataset folder, an image folder, --dataset or --json")
@@ -104,7 +113,7 @@ def _resolve(args: argparse.Namespace) -> Tuple[str, Optional[str], str]:
     if os.path.isfile(json_file):
         return os.path.basename(path), json_file, os.path.join(path, "image")
     if not os.path.isdir(path):
-        raise SystemExit(f"check_dataset: {path} is not a folder")
+        raise cli.UsageError(f"{path} is not a folder: expected a dataset or image folder")
     return os.path.basename(path), None, path
 
 
@@ -230,7 +239,8 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    return run(get_parser().parse_args(argv))
+    args = get_parser().parse_args(argv)
+    return cli.run_main(lambda: run(args), "check_dataset.py", argv)
 
 
 if __name__ == "__main__":
