@@ -35,6 +35,7 @@ EXPORT_SIZE = (256, 320)
 # (MIN_SIZE_TEST, MAX_SIZE_TEST): the predictors resize every image to sizes != EXPORT_SIZE.
 TEST_SIZES = [(224, 288), (288, 352)]
 BOX_TOL, KP_TOL, SCORE_TOL = 0.05, 0.05, 1e-4
+DETECTIONS_PER_IMAGE = 100  # TEST.DETECTIONS_PER_IMAGE of the config
 
 
 def _cfg(weights: str = "", min_size: int = 256, max_size: int = 320, thresh: float = 0.05):
@@ -106,6 +107,16 @@ def assert_same_detections(ref, out, context: str) -> None:
     assert len(out) == len(ref), f"{context}: {len(out)} detections, eager has {len(ref)}"
     if len(ref) == 0:
         return
+    if len(ref) == DETECTIONS_PER_IMAGE:
+        # The per-image cap cuts a ranking of scores that agree only within SCORE_TOL: a
+        # detection scored within SCORE_TOL of the last one kept may be kept by one graph and
+        # the next one by the other. Compare the detections above that band (at most a few
+        # are in it).
+        cut = float(torch.minimum(ref.scores.min(), out.scores.min())) + SCORE_TOL
+        ref, out = ref[ref.scores > cut], out[out.scores > cut]
+        assert len(out) == len(ref), f"{context}: {len(out)} detections above the cap's band, " \
+            f"eager has {len(ref)}"  # fmt: skip
+        assert len(ref) >= DETECTIONS_PER_IMAGE - 5, f"{context}: {len(ref)} above the band"
     rb, ob = ref.pred_boxes.tensor, out.pred_boxes.tensor
     cost = (rb[:, None, :] - ob[None, :, :]).abs().amax(-1)
     cost[ref.pred_classes[:, None] != out.pred_classes[None, :]] = 1e9
