@@ -138,3 +138,15 @@ def test_oks_sigmas_without_keypoint_ap_are_reported_unused(tmp_path, caplog):
     finally:
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
+
+
+def test_model_without_keypoints_gets_box_ap_only(tmp_path):
+    """Detectron2's RetinaNet on the same data (configs/retinanet_synth.yaml) is scored on boxes
+    only, not on keypoints it does not predict."""
+    from kgdet import get_kgdet_cfg
+
+    cfg = get_kgdet_cfg("configs/retinanet_synth.yaml", ["OUTPUT_DIR", str(tmp_path)])
+    evaluator = build_kgdet_evaluator(cfg, "kgdet_synth_val", str(tmp_path))
+    assert tuple(evaluator._tasks) == ("bbox",)
+    cfg = get_kgdet_cfg("configs/kgdet_synth.yaml", ["OUTPUT_DIR", str(tmp_path)])
+    assert "keypoints" in build_kgdet_evaluator(cfg, "kgdet_synth_val", str(tmp_path))._tasks

@@ -16,8 +16,19 @@ __all__ = ["build_kgdet_evaluator", "check_oks_sigmas_config"]
 logger = logging.getLogger(__name__)
 
 
+# Detectron2 meta-architectures that predict boxes and classes only.
+BOX_ONLY_META_ARCHITECTURES = ("RetinaNet", "FCOS")
+
+
 def _model_predicts_keypoints(cfg: CfgNode) -> bool:
-    """False for the RepPoints baseline (learned points, no keypoint branch): no keypoint AP."""
+    """Whether the configured model predicts keypoints (and so gets keypoint AP).
+
+    False for Detectron2's box-only dense detectors (``BOX_ONLY_META_ARCHITECTURES``, e.g.
+    RetinaNet trained on the same data as a baseline) and for KGDet's RepPoints baseline
+    (learned points, no keypoint branch); True otherwise.
+    """
+    if cfg.MODEL.META_ARCHITECTURE in BOX_ONLY_META_ARCHITECTURES:
+        return False
     kgdet_cfg = cfg.MODEL.get("KGDET", None)
     if kgdet_cfg is None:
         return True

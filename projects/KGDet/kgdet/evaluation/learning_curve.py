@@ -6,9 +6,10 @@ lines written after an evaluation carry the flattened results (``"bbox/AP"``,
 """
 
 import json
-from typing import Dict, List, Sequence, Tuple
+import statistics
+from typing import Dict, List, Optional, Sequence, Tuple
 
-__all__ = ["DEFAULT_KEYS", "read_metrics", "plot_learning_curve"]
+__all__ = ["DEFAULT_KEYS", "read_metrics", "final_metric", "seed_summary", "plot_learning_curve"]
 
 # Box AP and the keypoint AP of the DeepFashion2 evaluator (named by its ground-truth variant) or
 # of Detectron2's COCOEvaluator.
@@ -53,6 +54,39 @@ def read_metrics(
         found = sorted(k for k in seen if "/" in k)
         raise ValueError(f"{path}: none of {list(keys)} was logged (found: {found or 'none'})")
     return {key: sorted(points.items()) for key, points in curves.items() if points}
+
+
+def final_metric(path: str, keys: Sequence[str]) -> Optional[Tuple[str, int, float]]:
+    """``(key, iteration, value)`` of the last evaluation in ``path`` of the first of ``keys``
+    that was logged, or None when ``path`` is missing or holds no evaluation of them (an
+    unfinished run). Raises ValueError for a line that is not JSON (see :func:`read_metrics`)."""
+    try:
+        curves = read_metrics(path, keys)
+    except FileNotFoundError:
+        return None
+    except ValueError as e:
+        if "was logged" in str(e):
+            return None
+        raise
+    for key in keys:
+        if key in curves:
+            iteration, value = curves[key][-1]
+            return key, iteration, value
+    return None
+
+
+def seed_summary(values: Sequence[float]) -> Dict[str, float]:
+    """Mean, sample standard deviation (0 for one value) and min / max of the runs of several
+    seeds (AP in %, as logged). Raises ValueError for no values."""
+    if not values:
+        raise ValueError("seed_summary needs at least one value")
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "min": min(values),
+        "max": max(values),
+        "n": len(values),
+    }
 
 
 def plot_learning_curve(
