@@ -308,6 +308,7 @@ def test_builtin_registration_and_metadata(tmp_path, monkeypatch):
         "kgdet_synth_val": (DF2_LIKE_LAYOUT, "deepfashion2"),
         "dfa_synth_train": (FLD_LAYOUT, "fld"),
         "dfa_synth_val": (FLD_LAYOUT, "fld"),
+        "dfa_synth_train_large": (FLD_LAYOUT, "fld"),
     }
     for name, (layout, evaluator_type) in expected.items():
         meta = MetadataCatalog.get(name)
@@ -333,6 +334,26 @@ def test_builtin_registration_and_metadata(tmp_path, monkeypatch):
     monkeypatch.setenv("KGDET_SYNTH_NUM_VAL", "zero")
     with pytest.raises(ValueError, match="KGDET_SYNTH_NUM_VAL"):
         DatasetCatalog.get("dfa_synth_val")
+
+
+def test_dfa_synth_train_large_extends_dfa_synth_train(tmp_path, monkeypatch):
+    register_synthetic_datasets()
+    small, large = (
+        synthetic.SYNTHETIC_DATASETS[n] for n in ("dfa_synth_train", "dfa_synth_train_large")
+    )
+    assert large[:3] == small[:3] and large[3] == 4 * small[3]  # layout, split, seed; 4x images
+    assert synthetic.SYNTHETIC_DATASETS["kgdet_synth_train"][3] == 600  # KGDet's sets unchanged
+    monkeypatch.setenv("KGDET_SYNTH_CACHE", str(tmp_path))
+    monkeypatch.setenv("KGDET_SYNTH_IMAGE_SIZE", "128")
+    monkeypatch.setenv("KGDET_SYNTH_NUM_TRAIN", "2")
+    first = DatasetCatalog.get("dfa_synth_train")
+    monkeypatch.setenv("KGDET_SYNTH_NUM_TRAIN", "3")  # the variable sets the large set's count too
+    extended = DatasetCatalog.get("dfa_synth_train_large")
+    assert len(first) == 2 and len(extended) == 3
+    for a, b in zip(first, extended):  # the same images (per-index seeds), in separate caches
+        assert a["file_name"] != b["file_name"] and a["annotations"] == b["annotations"]
+        assert np.array_equal(cv2.imread(a["file_name"]), cv2.imread(b["file_name"]))
+    assert MetadataCatalog.get("dfa_synth_train_large").evaluator_type == "fld"
 
 
 def test_custom_registration_and_cache_reuse(tmp_path, monkeypatch):

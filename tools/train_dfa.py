@@ -3,7 +3,7 @@
 
 One command runs stages 1, 2, 3 in order, storing each stage's checkpoint and k-means centres in
 OUTPUT_DIR/stage{k}/ (see dfa/training.py). Re-running resumes: finished stages are skipped and
-an interrupted stage restarts from its last periodic checkpoint. Example (CPU, ~9 minutes on
+an interrupted stage restarts from its last periodic checkpoint. Example (CPU, ~3 minutes on
 2 busy cores):
 
     python tools/train_dfa.py --config-file configs/dfa_synth.yaml --num-threads 1

@@ -10,14 +10,20 @@ follow their keypoints (``synthetic_render``). Two layouts are registered:
   landmark kind, ``evaluator_type="deepfashion2"``;
 - ``dfa_synth_train`` / ``dfa_synth_val``: the FLD layout (3 classes, 8 shared slots, visible /
   occluded / truncated), ``evaluator_type="fld"``; annotations carry ``fld_visibility`` and
-  ``variation_type`` as FLD's annotation files do.
+  ``variation_type`` as FLD's annotation files do;
+- ``dfa_synth_train_large``: ``dfa_synth_train``'s layout, split and seed with 4x the images
+  (2400). Every image is drawn from (seed, index) alone, so its first 600 images are exactly
+  ``dfa_synth_train``'s. ``configs/dfa_synth.yaml`` trains on it: with the 600 images DFA's stage
+  3 fitted its training garments without lowering the validation error
+  (``projects/DFA/DESIGN.md`` §11).
 
 Datasets are generated on first ``DatasetCatalog.get`` into
 ``$KGDET_SYNTH_CACHE/<name>_<hash>/`` (default root ``~/.cache/kgdet/synthetic``), where the hash
 covers the generator version, layout and parameters, so a changed generator never reuses stale
 files. Output is built in a temporary directory and renamed into place, so concurrent processes
 never see partial output. Default sizes (overridable by env vars ``KGDET_SYNTH_NUM_TRAIN``,
-``KGDET_SYNTH_NUM_VAL``, ``KGDET_SYNTH_IMAGE_SIZE``) take a few seconds to generate.
+``KGDET_SYNTH_NUM_VAL``, ``KGDET_SYNTH_IMAGE_SIZE``; ``KGDET_SYNTH_NUM_TRAIN`` sets every train
+set's count, ``dfa_synth_train_large``'s included) take a few seconds to generate.
 
 OKS sigmas: each synthetic landmark gets DeepFashion2's official sigma of the corresponding
 landmark of the DeepFashion2 class it imitates (``synthetic_layouts.DF2_SIGMA_SOURCES``), fixed
@@ -67,6 +73,8 @@ SYNTHETIC_DATASETS = {
     "kgdet_synth_val": ("df2_like", "val", 2002, 100),
     "dfa_synth_train": ("fld", "train", 3003, 600),
     "dfa_synth_val": ("fld", "val", 4004, 100),
+    # dfa_synth_train's seed: the same first 600 images, then 1800 more (module docstring)
+    "dfa_synth_train_large": ("fld", "train", 3003, 2400),
 }
 _COUNT_ENV = {"train": "KGDET_SYNTH_NUM_TRAIN", "val": "KGDET_SYNTH_NUM_VAL"}
 
@@ -245,7 +253,7 @@ def _builtin_loader(name: str):
 
 
 def register_synthetic_datasets() -> None:
-    """Register the four built-in synthetic datasets (idempotent; generation is lazy)."""
+    """Register the built-in synthetic datasets (idempotent; generation is lazy)."""
     registered = set(DatasetCatalog.list())
     for name, (layout, _, _, _) in SYNTHETIC_DATASETS.items():
         if name in registered:
