@@ -11,6 +11,7 @@ import json
 import logging
 import numpy as np
 import os
+import warnings
 from typing import Dict, Optional
 import torch
 
@@ -80,7 +81,12 @@ class TorchScriptModel:
 
     def __init__(self, path: str, device: str = "cpu"):
         extra = {METADATA_KEY: ""}
-        self.module = torch.jit.load(path, map_location=device, _extra_files=extra)
+        with warnings.catch_warnings():
+            # torch >= 2.10 deprecates TorchScript; this class exists to serve TorchScript files.
+            warnings.filterwarnings(
+                "ignore", message=r"`torch\.jit\.load` is deprecated", category=FutureWarning
+            )
+            self.module = torch.jit.load(path, map_location=device, _extra_files=extra)
         if not extra[METADATA_KEY]:
             raise ValueError(
                 f"'{path}' has no '{METADATA_KEY}' metadata: export it with "
