@@ -74,7 +74,7 @@ def summarize(configs: List[str], seeds: List[int], root: str) -> Dict:
 
 def format_table(summary: Dict) -> str:
     lines = [
-        "| config | box AP, mean ± std (min–max) | keypoint AP, mean ± std | seeds |",
+        "| config | box AP, mean ± std (min–max) | keypoint AP, mean ± std (min–max) | seeds |",
         "|---|---|---|---|",
     ]
     for config, entry in summary.items():
