@@ -7,7 +7,7 @@
 Each run is ``train_net.py --config-file C OUTPUT_DIR <root>/<config>/seed<S> SEED S`` plus the
 trailing overrides (the same for every run, e.g. ``SOLVER.MAX_ITER 600``). A run whose
 ``metrics.json`` already holds a final evaluation is not repeated, so an interrupted comparison
-resumes. ``--parallel N`` runs N trainings at once with ``OMP_NUM_THREADS`` = cores / N each.
+resumes (an unfinished run starts again from scratch). ``--parallel N`` runs N trainings at once with ``OMP_NUM_THREADS`` = cores / N each.
 Prints a Markdown table (mean ± sample standard deviation, min–max over the seeds) and writes
 it with every run's value to ``<root>/summary.json``.
 """
@@ -43,6 +43,9 @@ def _train(config: str, seed: int, root: str, opts: List[str], threads: int) -> 
         print(f"[compare_seeds] {out}: finished earlier, not repeated", flush=True)
         return out, 0
     os.makedirs(out, exist_ok=True)
+    stale = os.path.join(out, "metrics.json")
+    if os.path.exists(stale):  # an interrupted run: Detectron2 would append to its lines
+        os.remove(stale)
     cmd = [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", config]
     cmd += ["OUTPUT_DIR", out, "SEED", str(seed), *opts]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))

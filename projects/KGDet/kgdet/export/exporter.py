@@ -76,9 +76,14 @@ def deform_impl(model: nn.Module, impl: str) -> Iterator[None]:
 @contextlib.contextmanager
 def _quiet_tracing() -> Iterator[None]:
     """Silence the tracer's warnings about sizes and shape checks: sizes are traced as tensors
-    on purpose (:mod:`kgdet.export.inference`), the input checks pass for the sample input."""
+    on purpose (:mod:`kgdet.export.inference`), the input checks pass for the sample input; and
+    torch >= 2.10's deprecation of TorchScript (``torch.jit.trace`` / ``save``), the format that
+    ``--format torchscript`` exists to write."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings(
+            "ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning
+        )
         yield
 
 
@@ -131,7 +136,8 @@ def export_torchscript(model: nn.Module, cfg, image: Tensor, path: str) -> Dict:
     metadata = export_metadata(model, cfg, "torchscript", names, deform_op="gather")
     tmp = _atomic_path(path)
     try:
-        torch.jit.save(traced, tmp, _extra_files={METADATA_KEY: json.dumps(metadata)})
+        with _quiet_tracing():
+            torch.jit.save(traced, tmp, _extra_files={METADATA_KEY: json.dumps(metadata)})
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
