@@ -294,6 +294,22 @@ class TestBackboneLevels(unittest.TestCase):
         model.eval()
         self.assertEqual(len(model.backbone(torch.randn(1, 3, 64, 64))), 5)
 
+    def test_backbone_without_res5_for_a_p4_head(self):
+        """RESNETS.OUT_FEATURES without res5 builds no res5 stage and no P6/P7 (the small
+        synthetic config); a head that reads P6/P7 then gets a clear error."""
+        cfg = tiny_cfg(IN_FEATURES=["p4"], POS_NUM=9)
+        cfg.MODEL.RESNETS.OUT_FEATURES = ["res3", "res4"]
+        cfg.MODEL.FPN.IN_FEATURES = ["res3", "res4"]
+        model = build_model(cfg)
+        names = [n for n, _ in model.named_parameters()]
+        self.assertFalse(any("res5" in n or "top_block" in n for n in names))
+        self.assertEqual(model.backbone._out_features, ["p3", "p4"])
+        losses, _ = train_losses(model, [make_input(64, 96, [[4, 4, 60, 90]], [0])])
+        self.assertTrue(all(torch.isfinite(v) for v in losses.values()))
+        cfg.MODEL.KGDET.IN_FEATURES = ["p4", "p6"]
+        with self.assertRaisesRegex(ValueError, "must include 'res5'"):
+            build_model(cfg)
+
 
 class _FixedHead(nn.Module):
     """A head with known outputs: boxes ±0.25 cell, keypoints at (+0.125, +0.25) cells."""

@@ -38,7 +38,8 @@ def clip_full_model_gradients(max_norm: float, norm_type: float = 2.0):
 
 
 def _build_adamw(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
-    """AdamW over Detectron2's default parameter groups (norm / bias decay and lr factors)."""
+    """AdamW over Detectron2's default parameter groups (norm / bias decay and lr factors);
+    fused into one kernel per group when ``SOLVER.ADAMW_FUSED`` and the device allow it."""
     params = get_default_optimizer_params(
         model,
         base_lr=cfg.SOLVER.BASE_LR,
@@ -46,9 +47,15 @@ def _build_adamw(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
         bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
         weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
     )
-    optimizer = torch.optim.AdamW(
-        params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY
-    )
+    kwargs = dict(lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
+    optimizer = None
+    if cfg.SOLVER.ADAMW_FUSED:
+        try:
+            optimizer = torch.optim.AdamW(params, fused=True, **kwargs)
+        except RuntimeError as e:  # a device or dtype without a fused kernel
+            logger.info("SOLVER.ADAMW_FUSED: fused AdamW unavailable (%s); using the loop", e)
+    if optimizer is None:
+        optimizer = torch.optim.AdamW(params, **kwargs)
     return maybe_add_gradient_clipping(cfg, optimizer)  # SOLVER.CLIP_GRADIENTS, as for SGD
 
 

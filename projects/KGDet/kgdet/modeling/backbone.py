@@ -159,7 +159,13 @@ def build_kgdet_resnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
     """ResNet (Detectron2's, FrozenBN by default) + GN FPN on res3–res5 + GN P6/P7 from res5.
 
     Reads ``MODEL.KGDET.IN_FEATURES`` (levels the head uses) and ``MODEL.KGDET.FULL_FPN_TEST``
-    when the KGDet config keys exist; otherwise every level is computed.
+    when the KGDet config keys exist; otherwise every level is computed. Without res5 in
+    ``MODEL.RESNETS.OUT_FEATURES`` the ResNet stops at res4 and there is no P6/P7 (the small
+    synthetic config: a P4 head on res3–res4).
+
+    Raises:
+        ValueError: ``MODEL.FPN.IN_FEATURES`` names a stage the ResNet does not output, or
+            res5 is missing while the head reads P6/P7 (or every level).
     """
     bottom_up = build_resnet_backbone(cfg, input_shape)
     in_features = cfg.MODEL.FPN.IN_FEATURES
@@ -169,22 +175,26 @@ def build_kgdet_resnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
             f"MODEL.FPN.IN_FEATURES = {list(in_features)} needs {missing}, but "
             f"MODEL.RESNETS.OUT_FEATURES = {list(cfg.MODEL.RESNETS.OUT_FEATURES)}"
         )
-    if "res5" not in bottom_up.output_shape():
-        raise ValueError(
-            "P6/P7 are computed from res5: MODEL.RESNETS.OUT_FEATURES = "
-            f"{list(cfg.MODEL.RESNETS.OUT_FEATURES)} must include 'res5'"
-        )
     out_channels = cfg.MODEL.FPN.OUT_CHANNELS
     norm = cfg.MODEL.FPN.NORM
     kgdet_cfg = cfg.MODEL.get("KGDET", None)
     head_levels = list(kgdet_cfg.IN_FEATURES) if kgdet_cfg is not None else None
+    top_block = None
+    if "res5" in bottom_up.output_shape():
+        top_block = LastLevelP6P7GN(bottom_up.output_shape()["res5"].channels, out_channels, norm)
+    elif head_levels is None or any(f in ("p6", "p7") for f in head_levels):
+        raise ValueError(
+            "P6/P7 are computed from res5: MODEL.RESNETS.OUT_FEATURES = "
+            f"{list(cfg.MODEL.RESNETS.OUT_FEATURES)} must include 'res5' when the head reads "
+            f"{head_levels if head_levels is not None else 'every level'}"
+        )
     full_fpn_test = bool(kgdet_cfg.FULL_FPN_TEST) if kgdet_cfg is not None else True
     backbone = KGDetFPN(
         bottom_up=bottom_up,
         in_features=in_features,
         out_channels=out_channels,
         norm=norm,
-        top_block=LastLevelP6P7GN(bottom_up.output_shape()["res5"].channels, out_channels, norm),
+        top_block=top_block,
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
         head_levels=head_levels,
         full_fpn_test=full_fpn_test,
