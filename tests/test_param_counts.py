@@ -47,3 +47,19 @@ def test_trainable_parameter_count(name):
     assert abs(count - EXPECTED[name]) <= TOLERANCE, (name, count, EXPECTED[name])
     if name.startswith("kgdet"):
         assert trainable_parameters(model.head) == HEAD_KGDET
+
+
+# README's "Configs" table for the small synthetic configs (exact: no paper figure to match).
+SYNTH_EXPECTED = {
+    "kgdet_synth.yaml": 19_392_833,
+    "reppoints_synth.yaml": 13_797_677,
+    "reppoints_kp_synth.yaml": 14_148_445,
+    "retinanet_synth.yaml": 13_836_325,
+}
+
+
+@pytest.mark.parametrize("name", sorted(SYNTH_EXPECTED))
+def test_synthetic_config_parameter_count(name):
+    count = trainable_parameters(build(name))
+    assert count == SYNTH_EXPECTED[name], (name, count)
+    assert f"| {count:,} |" in (CONFIGS.parent / "README.md").read_text(), "README table"
