@@ -295,8 +295,8 @@ class TestBackboneLevels(unittest.TestCase):
         self.assertEqual(len(model.backbone(torch.randn(1, 3, 64, 64))), 5)
 
     def test_backbone_without_res5_for_a_p4_head(self):
-        """RESNETS.OUT_FEATURES without res5 builds no res5 stage and no P6/P7 (the small
-        synthetic config); a head that reads P6/P7 then gets a clear error."""
+        """RESNETS.OUT_FEATURES without res5 builds no res5 stage and no P6/P7 for a P4 head;
+        a head that reads P6/P7 then gets a clear error."""
         cfg = tiny_cfg(IN_FEATURES=["p4"], POS_NUM=9)
         cfg.MODEL.RESNETS.OUT_FEATURES = ["res3", "res4"]
         cfg.MODEL.FPN.IN_FEATURES = ["res3", "res4"]

@@ -160,8 +160,8 @@ def build_kgdet_resnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
 
     Reads ``MODEL.KGDET.IN_FEATURES`` (levels the head uses) and ``MODEL.KGDET.FULL_FPN_TEST``
     when the KGDet config keys exist; otherwise every level is computed. Without res5 in
-    ``MODEL.RESNETS.OUT_FEATURES`` the ResNet stops at res4 and there is no P6/P7 (the small
-    synthetic config: a P4 head on res3–res4).
+    ``MODEL.RESNETS.OUT_FEATURES`` the ResNet stops at res4 and there is no P6/P7 (a head that
+    reads only P3/P4, e.g. a P4 head on res3–res4).
 
     Raises:
         ValueError: ``MODEL.FPN.IN_FEATURES`` names a stage the ResNet does not output, or
