@@ -1,4 +1,5 @@
-"""Tests of kgdet.modeling.head.KGDetHead (docs/DESIGN.md §2-4, §8.4, §10, §14)."""
+"""Tests of the cascade heads: KGDetHead, RepPointsHead, RepPointsKpHead and build_kgdet_head
+(docs/DESIGN.md §2-4, §8.4, §10, §14)."""
 
 import math
 import pytest
@@ -10,53 +11,59 @@ from detectron2.layers import ShapeSpec
 
 from kgdet import add_kgdet_config
 from kgdet.modeling.deform_conv import KGDeformConv
-from kgdet.modeling.head import KGDetHead
+from kgdet.modeling.head import KGDetHead, build_kgdet_head
 from kgdet.modeling.point_utils import (
     mirror_boxes,
     mirror_logits,
     mirror_offsets,
     select_points_by_score,
 )
+from kgdet.modeling.reppoints_head import RepPointsHead, RepPointsKpHead
 
 # Small problem for forward tests: C classes, K keypoints with an involutive flip permutation.
 C, K = 3, 12
 FLIP = [1, 0, 3, 2, 4, 5, 7, 6, 9, 8, 11, 10]
 
+# name -> (head class, options); the RepPoints heads' defaults are the baselines' structure.
 VARIANTS = {
-    "kgdet": {},
-    "single_column": dict(columns=[3]),
-    "selection": dict(agg="selection", columns=[3], select_topk=9),
-    "selection_multi": dict(agg="selection", columns=[1, 3], select_topk=10),
-    "two_stages": dict(num_stages=2),
-    "one_stage": dict(num_stages=1),
-    "linear_moment": dict(moment_param="linear"),
-    "reppoints": dict(
-        num_stages=2,
-        columns=[3],
-        points="learned",
-        keypoint_branch=False,
-        cls_on_all_stages=False,
+    "kgdet": (KGDetHead, {}),
+    "single_column": (KGDetHead, dict(columns=[3])),
+    "selection": (KGDetHead, dict(agg="selection", columns=[3], select_topk=9)),
+    "selection_multi": (KGDetHead, dict(agg="selection", columns=[1, 3], select_topk=10)),
+    "two_stages": (KGDetHead, dict(num_stages=2)),
+    "one_stage": (KGDetHead, dict(num_stages=1)),
+    "linear_moment": (KGDetHead, dict(moment_param="linear")),
+    "reppoints": (RepPointsHead, {}),
+    "reppoints_cls_on_all_stages": (RepPointsHead, dict(cls_on_all_stages=True)),
+    "reppoints_kp_parallel": (RepPointsKpHead, {}),
+    "reppoints_kp_serial": (
+        KGDetHead,
+        dict(num_stages=2, columns=[3], cls_on_all_stages=False),
     ),
-    "reppoints_kp_parallel": dict(
-        num_stages=2, columns=[3], points="learned", cls_on_all_stages=False
+    "flip_fusion": (KGDetHead, dict(flip_fusion=True, keypoint_flip_indices=FLIP)),
+    "flip_fusion_selection": (
+        KGDetHead,
+        dict(agg="selection", columns=[3], flip_fusion=True, keypoint_flip_indices=FLIP),
     ),
-    "reppoints_kp_serial": dict(num_stages=2, columns=[3], cls_on_all_stages=False),
-    "flip_fusion": dict(flip_fusion=True, keypoint_flip_indices=FLIP),
-    "flip_fusion_selection": dict(
-        agg="selection", columns=[3], flip_fusion=True, keypoint_flip_indices=FLIP
-    ),
+    "reppoints_flip_fusion": (RepPointsHead, dict(flip_fusion=True)),
 }
 
 
-def make_head(levels=1, **kwargs) -> KGDetHead:
+def make_head(levels=1, head_class=KGDetHead, **kwargs):
     args = dict(
         input_shape=[ShapeSpec(channels=256, stride=32 * 2**i) for i in range(levels)],
         num_classes=C,
-        num_keypoints=K,
         feat_channels=32,
     )
+    if head_class.has_keypoints:
+        args["num_keypoints"] = K
     args.update(kwargs)
-    return KGDetHead(**args)
+    return head_class(**args)
+
+
+def make_variant(name: str, levels: int = 1, **extra):
+    head_class, kwargs = VARIANTS[name]
+    return make_head(levels=levels, head_class=head_class, **dict(kwargs, **extra))
 
 
 def features(levels=1, batch=2, seed=0):
@@ -65,12 +72,14 @@ def features(levels=1, batch=2, seed=0):
     return [torch.randn(batch, 256, *sizes[i], generator=gen) for i in range(levels)]
 
 
-def count_trainable(**kwargs) -> int:
+def count_trainable(head_class=KGDetHead, **kwargs) -> int:
     """Trainable parameters of a full-size head (C=13, K=294, 256 ch), built on the meta device."""
-    args = dict(input_shape=[ShapeSpec(channels=256, stride=32)], num_classes=13, num_keypoints=294)
+    args = dict(input_shape=[ShapeSpec(channels=256, stride=32)], num_classes=13)
+    if head_class.has_keypoints:
+        args["num_keypoints"] = 294
     args.update(kwargs)
     with torch.device("meta"):
-        head = KGDetHead(**args)
+        head = head_class(**args)
     return sum(p.numel() for p in head.parameters() if p.requires_grad)
 
 
@@ -87,20 +96,21 @@ def training_loss(outputs) -> torch.Tensor:
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_output_contract_and_every_parameter_gets_gradient(name):
     torch.manual_seed(0)
-    kwargs = VARIANTS[name]
+    head_class, kwargs = VARIANTS[name]
     levels = 2 if name == "kgdet" else 1
-    head = make_head(levels=levels, **kwargs)
+    head = make_variant(name, levels=levels)
     feats = features(levels)
     outputs = head(feats)
-    stages = kwargs.get("num_stages", 3)
+    learned = head_class is not KGDetHead
+    stages = kwargs.get("num_stages", 2 if learned else 3)
     assert head.num_stages == stages and len(outputs) == stages
     num_points = head.num_points
-    learned = kwargs.get("points") == "learned"
-    has_kp = not learned or kwargs.get("keypoint_branch", True)
+    has_kp = head_class is not RepPointsHead
+    assert head.has_keypoints == has_kp
     selection = kwargs.get("agg") == "selection"
     for t, stage in enumerate(outputs):
         assert set(stage) == {"cls", "kp", "pts", "box", "vis"}
-        expect_cls = t > 0 or kwargs.get("cls_on_all_stages", True)
+        expect_cls = t > 0 or kwargs.get("cls_on_all_stages", not learned)
         assert (stage["cls"] is not None) == expect_cls == head.stage_has_cls[t]
         assert (stage["kp"] is not None) == has_kp
         assert (stage["vis"] is not None) == selection
@@ -122,7 +132,7 @@ def test_output_contract_and_every_parameter_gets_gradient(name):
     assert not zero, f"parameters with all-zero gradient: {zero}"
     if stages == 1:
         assert not any(isinstance(m, KGDeformConv) for m in head.modules())
-    if not kwargs.get("cls_on_all_stages", True):
+    if not head.stage_has_cls[0]:
         assert not hasattr(head.stages[0], "cls_out")
 
 
@@ -132,10 +142,9 @@ def test_parameter_counts():
     # §10 / Table 1 totals minus trainable R-50 res3-5 (23,282,688) and GN-FPN (7,998,976):
     # RepPoints 36,606,003 - 31,281,664 = towers 3,542,016 + pts conv3×3 590,080 + pts 1×1
     # 4,626 + 2 refine DCNs 2 × 589,824 + cls 1×1 3,341 + pts 1×1 4,626 + λ 2.
-    reppoints = dict(num_stages=2, columns=[3], points="learned", cls_on_all_stages=False)
-    assert count_trainable(keypoint_branch=False, **reppoints) == 36_606_003 - 31_281_664
+    assert count_trainable(RepPointsHead) == 36_606_003 - 31_281_664
     # RepPoints-Kp: + kp conv3×3 590,080 + 1×1 151,116 + kp DCN 589,824 + 1×1 151,116.
-    assert count_trainable(keypoint_branch=True, **reppoints) == 38_088_139 - 31_281_664
+    assert count_trainable(RepPointsKpHead) == 38_088_139 - 31_281_664
     others = {
         "single-column k=3": count_trainable(columns=[3]),
         "single-column k=5": count_trainable(columns=[5]),
@@ -164,7 +173,7 @@ def test_init_follows_spec():
 
 
 def test_towers_run_once_per_level_even_with_flip_fusion():
-    head = make_head(levels=2, flip_fusion=True, keypoint_flip_indices=FLIP)
+    head = make_variant("flip_fusion", levels=2)
     calls = []
     head.cls_tower.register_forward_hook(lambda m, i, o: calls.append(o.shape[0]))
     head.reg_tower.register_forward_hook(lambda m, i, o: calls.append(o.shape[0]))
@@ -176,9 +185,8 @@ def test_towers_run_once_per_level_even_with_flip_fusion():
 def test_stop_gradients_between_stages(variant):
     """GRADIENT_MUL 0: stage-t outputs give zero gradient to Q_{t-1}, ΔK_{t-1}, not to towers."""
     torch.manual_seed(0)
-    kwargs = dict(VARIANTS[variant], num_stages=2)
     for gradient_mul in (0.0, 0.1):
-        head = make_head(gradient_mul=gradient_mul, **kwargs)
+        head = make_variant(variant, num_stages=2, gradient_mul=gradient_mul)
         outputs = head(features())
         stage1, stage2 = outputs
         loss2 = training_loss([stage2])
@@ -204,8 +212,8 @@ def test_stop_gradients_between_stages(variant):
 def test_flip_fusion_is_mirror_equivariant():
     """fused(F) == mirror(fused(flipW(F))) for any weights, and differs from the plain pass."""
     torch.manual_seed(0)
-    plain_head = make_head()
-    fused_head = make_head(flip_fusion=True, keypoint_flip_indices=FLIP)
+    plain_head = make_variant("kgdet")
+    fused_head = make_variant("flip_fusion")
     fused_head.load_state_dict(plain_head.state_dict())
     feat = features()[0]
     perm = torch.tensor(FLIP)
@@ -225,7 +233,7 @@ def test_flip_fusion_is_mirror_equivariant():
 
 def test_flip_fusion_selection_mirrors_visibility():
     torch.manual_seed(0)
-    head = make_head(**VARIANTS["flip_fusion_selection"])
+    head = make_variant("flip_fusion_selection")
     feat = features()[0]
     with torch.no_grad():
         a = head([feat])[-1]
@@ -235,7 +243,7 @@ def test_flip_fusion_selection_mirrors_visibility():
 
 def test_selection_gathers_top_visible_keypoints():
     torch.manual_seed(0)
-    head = make_head(**VARIANTS["selection"])
+    head = make_variant("selection")
     with torch.no_grad():
         outputs = head(features())
     for stage in outputs:
@@ -254,8 +262,6 @@ def test_selection_gathers_top_visible_keypoints():
     [
         (dict(agg="selection", select_topk=9), r"SELECT_TOPK \(9\).*\[3, 5, 7\] -> 83"),
         (dict(agg="selection", columns=[5], select_topk=25), r"SELECT_TOPK \(25\).*\(12\)"),
-        (dict(points="learned", agg="selection", columns=[3]), "cannot be combined"),
-        (dict(keypoint_branch=False), "KEYPOINT_BRANCH False needs"),
         (dict(num_stages=1, cls_on_all_stages=False), "NUM_STAGES must be >= 2, got 1"),
         (dict(columns=[3, 4]), r"odd kernel sizes, got \[3, 4\]"),
         (dict(columns=[1]), "gives 1"),
@@ -263,11 +269,72 @@ def test_selection_gathers_top_visible_keypoints():
         (dict(flip_fusion=True), "needs keypoint_flip_indices"),
         (dict(flip_fusion=True, keypoint_flip_indices=[0, 1]), "2 entries.*is 12"),
         (dict(flip_fusion=True, keypoint_flip_indices=[1, 2, 0] + FLIP[3:]), "own inverse"),
+        (dict(agg="pooling"), "AGG must be one of.*'pooling'"),
+        (dict(num_keypoints=0), "NUM_KEYPOINTS must be >= 1, got 0"),
+        (dict(head_class=RepPointsKpHead, num_keypoints=0), "NUM_KEYPOINTS must be >= 1, got 0"),
+        (dict(head_class=RepPointsHead, columns=[2]), r"odd kernel sizes, got \[2\]"),
+        (dict(head_class=RepPointsHead, num_stages=1), "NUM_STAGES must be >= 2, got 1"),
     ],
 )
 def test_config_validation(kwargs, message):
     with pytest.raises(ValueError, match=message):
         make_head(**kwargs)
+
+
+def kgdet_cfg(**overrides):
+    cfg = get_cfg()
+    add_kgdet_config(cfg)
+    cfg.MODEL.KGDET.NUM_CLASSES = C
+    cfg.MODEL.KGDET.NUM_KEYPOINTS = K
+    cfg.MODEL.KGDET.FEAT_CHANNELS = 32
+    for key, value in overrides.items():
+        setattr(cfg.MODEL.KGDET, key, value)
+    return cfg
+
+
+LEARNED = dict(POINTS="learned", NUM_STAGES=2, COLUMNS=[3], CLS_ON_ALL_STAGES=False)
+
+
+@pytest.mark.parametrize(
+    "overrides, head_class",
+    [
+        ({}, KGDetHead),
+        (dict(AGG="selection", COLUMNS=[3]), KGDetHead),
+        (dict(LEARNED, KEYPOINT_BRANCH=False), RepPointsHead),
+        (dict(LEARNED, KEYPOINT_BRANCH=True), RepPointsKpHead),
+        (dict(LEARNED, POINTS="from_keypoints"), KGDetHead),  # serial RepPoints-Kp
+    ],
+)
+def test_builder_picks_the_head_of_the_config(overrides, head_class):
+    head = build_kgdet_head(kgdet_cfg(**overrides), [ShapeSpec(channels=256, stride=32)])
+    assert type(head) is head_class
+    assert head.num_keypoints == (K if head_class.has_keypoints else 0)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(LEARNED, AGG="selection"), "cannot be combined"),
+        (dict(KEYPOINT_BRANCH=False), "KEYPOINT_BRANCH False needs"),
+        (dict(POINTS="sampled"), "POINTS must be 'from_keypoints' or 'learned', got 'sampled'"),
+        (dict(AGG="selection"), r"SELECT_TOPK \(9\).*\[3, 5, 7\] -> 83"),
+        (dict(LEARNED, KEYPOINT_BRANCH=True, NUM_KEYPOINTS=0), "NUM_KEYPOINTS must be >= 1"),
+    ],
+)
+def test_builder_rejects_invalid_combinations(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        build_kgdet_head(kgdet_cfg(**overrides), [ShapeSpec(channels=256, stride=32)])
+
+
+def test_reppoints_head_reads_only_its_own_options():
+    """KGDet-only keys (keypoints, selection) do not stop a RepPoints head from building."""
+    cfg = kgdet_cfg(
+        **LEARNED, KEYPOINT_BRANCH=False, NUM_KEYPOINTS=0, SELECT_TOPK=4, FLIP_FUSION=True
+    )
+    cfg.DATASETS.TRAIN = ()  # no keypoint flip map needed without keypoints
+    head = build_kgdet_head(cfg, [ShapeSpec(channels=256, stride=32)])
+    assert isinstance(head, RepPointsHead) and head.flip_fusion
+    assert head.keypoint_flip_indices.numel() == 0
 
 
 def test_from_config_reads_cfg_and_flip_metadata():

@@ -29,7 +29,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
 
 from kgdet import add_kgdet_config
-from kgdet.modeling.head import KGDetHead as build_kgdet_head
+from kgdet.modeling.head import build_kgdet_head
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -76,9 +76,9 @@ def head_layout(config_name: str) -> List[str]:
     add_kgdet_config(cfg)
     cfg.merge_from_file(str(CONFIGS / config_name))
     cfg.MODEL.WEIGHTS = ""
-    cfg.MODEL.DEVICE = "cpu"
-    torch.manual_seed(0)
-    model = build_model(cfg)
+    cfg.MODEL.DEVICE = "meta"  # shapes only: no memory, no initialisation
+    with torch.device("meta"):
+        model = build_model(cfg)
     return [
         f"{key} {list(value.shape)}"
         for key, value in model.state_dict().items()

@@ -1,8 +1,20 @@
-"""KGDet model: meta-architecture, head, assignment, losses, backbone."""
+"""KGDet model: meta-architecture, heads, assignment, losses, backbone."""
 
-from .deform_conv import KGDeformConv
-from .head import KGDetHead
 from .backbone import KGDetFPN, build_kgdet_resnet_fpn_backbone  # registers the backbone
+from .cascade_head import CascadeHead
+from .deform_conv import KGDeformConv
+from .head import KGDetHead, build_kgdet_head
 from .meta_arch import KGDet  # registers the meta-architecture
+from .reppoints_head import RepPointsHead, RepPointsKpHead
 
-__all__ = ["KGDet", "KGDetHead", "KGDeformConv", "KGDetFPN", "build_kgdet_resnet_fpn_backbone"]
+__all__ = [
+    "KGDet",
+    "CascadeHead",
+    "KGDetHead",
+    "RepPointsHead",
+    "RepPointsKpHead",
+    "build_kgdet_head",
+    "KGDeformConv",
+    "KGDetFPN",
+    "build_kgdet_resnet_fpn_backbone",
+]

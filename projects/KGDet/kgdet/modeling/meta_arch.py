@@ -27,7 +27,7 @@ from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.events import get_event_storage
 
 from .assigner import IGNORE, CellGrid, MaxIoUAssigner, PointAssigner
-from .head import KGDetHead
+from .head import build_kgdet_head
 from .losses import KP_NORMS, box_loss, classification_loss, keypoint_loss, visibility_loss
 
 __all__ = ["KGDet", "class_keypoint_mask_from_metadata"]
@@ -184,7 +184,7 @@ class KGDet(DenseDetector):
                 f"MODEL.KGDET.IN_FEATURES = {list(k.IN_FEATURES)} but the backbone "
                 f"({cfg.MODEL.BACKBONE.NAME}) produces {sorted(shapes)}"
             )
-        head = KGDetHead(cfg, [shapes[f] for f in k.IN_FEATURES])
+        head = build_kgdet_head(cfg, [shapes[f] for f in k.IN_FEATURES])
         num_keypoints = k.NUM_KEYPOINTS if getattr(head, "has_keypoints", True) else 0
         if k.REFINE_ASSIGNER not in ("same", "max_iou"):
             raise ValueError(
