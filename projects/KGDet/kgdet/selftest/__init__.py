@@ -13,4 +13,5 @@ from .checks import (
     check_training,
     cuda_skip_reason,
 )
+from . import report
 from .report import CheckResult, environment_lines, run_checks

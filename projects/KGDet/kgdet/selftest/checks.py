@@ -174,7 +174,7 @@ def check_training(
             raise AssertionError(f"step {step}: the moment transform's λ has a non-finite gradient")
         scaler.step(optimizer)
         scaler.update()
-        totals.append(float(total))
+        totals.append(float(total.detach()))
     moved = max(
         float((p - before[n]).abs().max()) for n, p in model.named_parameters() if n in before
     )
