@@ -104,17 +104,18 @@ def moment_transform(
         param: "exp" (code: half-width = σ·exp(λ)) or "linear" (paper: width = λ·σ).
 
     Returns:
-        (N, 4, H, W) float32, in cells relative to the grid point.
+        (N, 4, H, W) in cells relative to the grid point, float32 (float64 for float64 points).
 
-    Computed in float32 whatever the input dtype (float16 / bfloat16 under autocast): λ's
+    Computed in at least float32 whatever the input dtype (float16 / bfloat16 under autocast): λ's
     gradient is a sum over every cell of the batch, which overflows float16 once scaled by
     AMP's ``GradScaler``, and the squares of the variance lose float16's few digits.
     """
+    dtype = torch.promote_types(points.dtype, torch.float32)  # float64 stays float64
     with torch.autocast(points.device.type, enabled=False):
-        return _moment_transform_float32(points.float(), moment_lambda, moment_mul, param)
+        return _moment_transform(points.to(dtype), moment_lambda, moment_mul, param)
 
 
-def _moment_transform_float32(
+def _moment_transform(
     points: Tensor, moment_lambda: Tensor, moment_mul: float, param: str
 ) -> Tensor:
     ys, xs = split_yx(points)
@@ -129,7 +130,7 @@ def _moment_transform_float32(
     var_x = (xs - mean_x).square().sum(dim=1, keepdim=True) / (num_points - 1)
     std_y = var_y.clamp(min=1e-12).sqrt()
     std_x = var_x.clamp(min=1e-12).sqrt()
-    lam = gradient_multiply(moment_lambda, moment_mul).float()
+    lam = gradient_multiply(moment_lambda, moment_mul).to(points.dtype)
     if param == "exp":
         scale = lam.exp()
     elif param == "linear":
