@@ -11,6 +11,10 @@ scores, classes and keypoints, post-processing included (``kgdet.export``). Then
 exported file and the PyTorch model on the sample input and prints how far apart they are. Load
 it with ``kgdet.export.ExportedPredictor`` or ``demo.py --exported``.
 
+A TorchScript graph runs only on the device type it was traced on (tracing records the device
+of the tensors the model creates): ``--device cuda`` traces it on the GPU. ONNX graphs are
+exported on the CPU and run on ONNX Runtime's CPU or CUDA execution provider (docs/gpu.md).
+
 Only ``--export-method tracing`` exists (scripting and caffe2 do not apply to KGDet). Without
 ``--sample-image`` a random image of the test size (``INPUT.MIN_SIZE_TEST`` by
 ``INPUT.MAX_SIZE_TEST``) is traced; the graph does not depend on its size.

@@ -1,6 +1,7 @@
 """``python -m kgdet.selftest --device cuda``: checks of the training / inference / export path
 on one device, one PASS / FAIL / SKIP line each (docs/gpu.md). The tests call the same checks."""
 
+from . import report
 from .checks import (
     HEAD_VARIANTS,
     CheckSkipped,
@@ -13,5 +14,4 @@ from .checks import (
     check_training,
     cuda_skip_reason,
 )
-from . import report
 from .report import CheckResult, environment_lines, run_checks
