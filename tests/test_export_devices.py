@@ -10,7 +10,7 @@ import torch
 from detectron2.modeling import build_model
 
 from kgdet import get_kgdet_cfg
-from kgdet.export import export_model, load_exported_model, runtime
+from kgdet.export import ExportedPredictor, export_model, load_exported_model, runtime
 from kgdet.export.predictor import TorchScriptModel, baked_devices
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -38,6 +38,9 @@ def test_cpu_traced_graph_refuses_cuda_with_one_line(cpu_traced):
     assert baked_devices(module) == {"cpu"}
     with pytest.raises(ValueError, match=r"traced on cpu .* --device cuda"):
         TorchScriptModel(str(path), device="cuda")
+    cfg = get_kgdet_cfg(str(REPO_ROOT / "configs" / "kgdet_synth.yaml"))
+    with pytest.raises(ValueError, match=r"traced on cpu and creates tensors there"):
+        ExportedPredictor(cfg, str(path), device="cuda")  # demo.py --exported ... MODEL.DEVICE cuda
     exported = load_exported_model(str(path), "cpu")
     assert set(exported(torch.rand(3, 64, 80) * 255)) >= {"pred_boxes", "scores"}
 

@@ -112,3 +112,12 @@ def test_cuda_export_round_trip(tmp_path):
         check_export_onnx(CONFIGS, "cuda", str(tmp_path))
     except report.CheckSkipped as e:
         pytest.skip(str(e))
+
+
+def test_cli_cuda_without_cuda_fails_once_and_skips_the_rest(capsys):
+    if cuda_skip_reason() is None:
+        pytest.skip("CUDA is available here")
+    assert main(["--device", "cuda", "--only", "cuda_available", "deform_conv"]) == 1
+    out = capsys.readouterr().out
+    assert "\nFAIL cuda_available: RuntimeError: CUDA is not available" in out
+    assert "\nSKIP deform_conv: CUDA is not available" in out

@@ -18,7 +18,7 @@ def get_parser() -> argparse.ArgumentParser:
     from .checks import HEAD_VARIANTS
     from .models import default_configs_dir
 
-    names = ["deform_conv", "train", "train_amp", "cpu_cuda_parity"]
+    names = ["cuda_available", "deform_conv", "train", "train_amp", "cpu_cuda_parity"]
     names += [f"ddp_{v}" for v in HEAD_VARIANTS]
     names += ["synth_training", "export_torchscript", "export_onnx"]
     parser = argparse.ArgumentParser(

@@ -176,7 +176,9 @@ def check_training(
         scaler.update()
         totals.append(float(total.detach()))
     moved = max(
-        float((p - before[n]).abs().max()) for n, p in model.named_parameters() if n in before
+        float((p.detach() - before[n]).abs().max())
+        for n, p in model.named_parameters()
+        if n in before
     )
     if not moved > 0:
         raise AssertionError("the weights did not change")

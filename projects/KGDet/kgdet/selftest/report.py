@@ -17,6 +17,7 @@ from .checks import (
     check_inference_parity,
     check_synthetic_training,
     check_training,
+    cuda_skip_reason,
 )
 
 __all__ = ["CheckResult", "environment_lines", "planned_checks", "run_checks"]
@@ -78,9 +79,20 @@ def environment_lines() -> List[str]:
 Check = Tuple[str, Callable[[], str]]
 
 
+def _cuda_available() -> str:
+    """FAIL (not SKIP) when the self-check was asked for CUDA and torch cannot use it."""
+    reason = cuda_skip_reason()
+    if reason:
+        raise RuntimeError(reason)
+    return f"{torch.cuda.device_count()} GPU(s), CUDA runtime {torch.version.cuda}"
+
+
 def planned_checks(device: str, configs_dir: str, workdir: str, iters: int) -> List[Check]:
     """(name, check) of every check, in the order they run."""
-    checks: List[Check] = [
+    checks: List[Check] = []
+    if device == "cuda":
+        checks.append(("cuda_available", _cuda_available))
+    checks += [
         ("deform_conv", lambda: check_deform_conv(device)),
         ("train", lambda: check_training(configs_dir, device, amp=False)),
         ("train_amp", lambda: check_training(configs_dir, device, amp=True)),
