@@ -44,6 +44,10 @@ setup(
     extras_require={
         "dev": ["pytest", "black", "isort", "matplotlib"],
         # Export to ONNX and serving with ONNX Runtime (kgdet.export, tools/deploy/export_model.py).
-        "deploy": ["onnx>=1.14", "onnxruntime>=1.16"],
+        # ONNX opset 19 (DeformConv) needs onnx 1.14; ONNX Runtime runs DeformConv from 1.25.0
+        # on (1.24.4 fails with NOT_IMPLEMENTED; docs/gpu.md). Install one of the two extras:
+        # onnxruntime and onnxruntime-gpu provide the same module and conflict.
+        "deploy": ["onnx>=1.14", "onnxruntime>=1.25"],
+        "deploy-gpu": ["onnx>=1.14", "onnxruntime-gpu>=1.25"],
     },
 )

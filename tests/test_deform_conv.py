@@ -1,10 +1,17 @@
 """KGDeformConv: every implementation equals torchvision's deform_conv2d (values and gradients)."""
 
+from pathlib import Path
 import pytest
 import torch
 from torchvision.ops import deform_conv2d
 
-from kgdet.modeling.deform_conv import KGDeformConv, deform_conv2d_gather, deform_conv2d_grid_sample
+from kgdet.modeling.deform_conv import (
+    KGDeformConv,
+    deform_conv2d_gather,
+    deform_conv2d_grid_sample,
+    detectron2_cuda_op_runs,
+)
+from kgdet.selftest import check_deform_conv, cuda_skip_reason
 
 FAST_IMPLS = {"gather": deform_conv2d_gather, "grid_sample": deform_conv2d_grid_sample}
 
@@ -150,11 +157,117 @@ def test_bad_input_errors():
         module(torch.randn(1, 3, 5, 6), torch.randn(1, 18, 5, 6))
 
 
+def _strict_detectron2_op(calls):
+    """Stand-in for ``detectron2.layers.deform_conv.deform_conv`` with the CUDA kernel's
+    argument checks (its shape_check requires a contiguous weight), computing torchvision's
+    result."""
+
+    def op(x, offset, weight, stride, padding, dilation, groups, deformable_groups):
+        if not weight.is_contiguous():
+            raise RuntimeError("weight tensor has to be contiguous")
+        calls.append(tuple(weight.shape))
+        return deform_conv2d(x, offset, weight, padding=(padding, padding))
+
+    return op
+
+
+def test_channels_last_weight_reaches_detectron2_op_contiguous(monkeypatch):
+    """MODEL.KGDET.CHANNELS_LAST turns every 4-D weight channels-last; Detectron2's CUDA op
+    (what DEFORM_IMPL auto picks on a GPU) must still get a contiguous weight."""
+    import detectron2.layers.deform_conv as d2_deform
+
+    calls = []
+    monkeypatch.setattr(d2_deform, "deform_conv", _strict_detectron2_op(calls))
+    torch.manual_seed(5)
+    module = KGDeformConv(6, 4, 3, 1, impl="detectron2")
+    x = torch.randn(2, 6, 7, 8).contiguous(memory_format=torch.channels_last)
+    offset = torch.randn(2, 18, 7, 8)
+    expected = deform_conv2d(x, offset, module.weight.detach(), padding=(1, 1))
+    module.to(memory_format=torch.channels_last)
+    assert not module.weight.is_contiguous()
+    with torch.no_grad():
+        out = module(x, offset)
+    assert calls == [(4, 6, 3, 3)]
+    torch.testing.assert_close(out, expected)
+
+
+def test_channels_last_model_with_detectron2_impl(monkeypatch):
+    """The whole synthetic-config model with CHANNELS_LAST and the Detectron2 op path."""
+    import detectron2.layers.deform_conv as d2_deform
+    from detectron2.modeling import build_model
+
+    from kgdet import get_kgdet_cfg
+
+    calls = []
+    monkeypatch.setattr(d2_deform, "deform_conv", _strict_detectron2_op(calls))
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "kgdet_synth.yaml")
+    cfg = get_kgdet_cfg(
+        config, ["MODEL.KGDET.CHANNELS_LAST", "True", "MODEL.KGDET.DEFORM_IMPL", "detectron2"]
+    )
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        model([{"image": torch.rand(3, 64, 96) * 255}])
+    assert len(calls) >= 3  # one deformable conv per stage at least
+
+
+@pytest.fixture
+def _fresh_probe():
+    detectron2_cuda_op_runs.cache_clear()
+    yield
+    detectron2_cuda_op_runs.cache_clear()
+
+
+def test_auto_falls_back_when_detectron2_cuda_op_fails(monkeypatch, caplog, _fresh_probe):
+    """A Detectron2 build with CUDA ops but not for this GPU's architecture: DEFORM_IMPL auto
+    tries the op once, warns once and uses torchvision."""
+    import kgdet.modeling.deform_conv as dc
+
+    tries = []
+
+    def failing(device):
+        tries.append(device)
+        raise RuntimeError("CUDA error: no kernel image is available for execution on the device")
+
+    monkeypatch.setattr(dc, "_detectron2_cuda_available", lambda: True)
+    monkeypatch.setattr(dc, "_run_tiny_detectron2_op", failing)
+    module = KGDeformConv(4, 4, 3, 1)
+    with caplog.at_level("WARNING", logger="kgdet.modeling.deform_conv"):
+        assert module.resolved_impl(torch.device("cuda", 0)) == "torchvision"
+        assert module.resolved_impl(torch.device("cuda", 0)) == "torchvision"
+    assert len(tries) == 1
+    warnings = [r for r in caplog.records if "no kernel image" in r.getMessage()]
+    assert len(warnings) == 1 and "torchvision" in warnings[0].getMessage()
+    assert module.resolved_impl(torch.device("cpu")) == "gather"
+
+
+def test_auto_uses_detectron2_when_its_cuda_op_runs(monkeypatch, _fresh_probe):
+    import kgdet.modeling.deform_conv as dc
+
+    monkeypatch.setattr(dc, "_detectron2_cuda_available", lambda: True)
+    monkeypatch.setattr(dc, "_run_tiny_detectron2_op", lambda device: None)
+    assert KGDeformConv(4, 4, 3, 1).resolved_impl(torch.device("cuda", 1)) == "detectron2"
+    monkeypatch.setattr(dc, "_detectron2_cuda_available", lambda: False)
+    detectron2_cuda_op_runs.cache_clear()
+    assert KGDeformConv(4, 4, 3, 1).resolved_impl(torch.device("cuda", 1)) == "torchvision"
+
+
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_paths_match_detectron2():
-    """On CUDA: auto (Detectron2's op when compiled with CUDA), torchvision and gather agree
-    with Detectron2's DeformConv in values and gradients."""
+def test_cuda_paths_match_torchvision_and_detectron2():
+    """On CUDA: gather, grid_sample, torchvision and (when its CUDA ops run here) Detectron2's
+    op agree in values and gradients, with plain and channels-last weights
+    (kgdet.selftest.check_deform_conv, also run by python -m kgdet.selftest)."""
+    reason = cuda_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    check_deform_conv("cuda")
+
+
+@pytest.mark.cuda
+def test_cuda_detectron2_op_matches_detectron2_deform_conv_module():
+    """Detectron2's own DeformConv module on CUDA as the reference of every impl."""
+    reason = cuda_skip_reason(need_detectron2_ops=True)
+    if reason:
+        pytest.skip(reason)
     from detectron2.layers import DeformConv
 
     torch.manual_seed(4)

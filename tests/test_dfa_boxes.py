@@ -54,3 +54,13 @@ def test_predictor_box_inputs(predictor):
         predictor(image, [[10, 20, 60, 100], [50, 20, 10, 100]])
     with pytest.raises(ValueError, match=r"boxes\[0\] .* not finite"):
         predictor(image, [[float("nan")] * 4])
+
+
+def test_boxes_as_tensors_numpy_cannot_read(predictor):
+    """A detector's boxes straight from the model: tensors that NumPy cannot read directly
+    (requiring grad here; on the GPU the same path copies them with .cpu())."""
+    boxes = torch.tensor([[10.0, 20.0, 60.0, 100.0]], requires_grad=True) * 1.0
+    np.testing.assert_array_equal(check_boxes_xyxy(boxes), [[10, 20, 60, 100]])
+    image = np.full((120, 100, 3), 20, np.uint8)
+    out = predictor(image, boxes, torch.tensor([0]))
+    assert out["aligned_keypoints"].shape[0] == 1

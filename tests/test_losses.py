@@ -96,3 +96,14 @@ class TestVisibilityLoss(unittest.TestCase):
         loss = visibility_loss(logits, vis)
         expected = F.binary_cross_entropy_with_logits(logits, (vis > 0).float(), reduction="none")
         self.assertAlmostEqual(loss.item(), expected.mean(dim=1).sum().item(), places=5)
+
+
+def test_classification_loss_is_float32_for_float16_logits():
+    """AMP gives float16 logits; the summed focal loss (here 40000 x 7 background terms, a sum
+    far beyond float16's 65504) is computed and returned in float32."""
+    logits = torch.full((40000, 7), 3.0)
+    labels = torch.full((40000,), 7)
+    expected = classification_loss(logits, labels, 7, 0.25, 2.0)
+    got = classification_loss(logits.half(), labels, 7, 0.25, 2.0)
+    assert got.dtype == torch.float32 and torch.isfinite(got) and expected > 65504
+    torch.testing.assert_close(got, expected)

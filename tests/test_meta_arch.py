@@ -458,3 +458,29 @@ class TestConfigChecks(unittest.TestCase):
         model = build_model(tiny_cfg())
         self.assertTrue(model.class_keypoint_mask.all())
         self.assertEqual(tuple(model.class_keypoint_mask.shape), (NUM_CLASSES, NUM_KEYPOINTS))
+
+
+def test_training_step_reads_no_tensor_values_on_the_host(monkeypatch):
+    """No Tensor.item() in the training forward (each one waits for the device mid-step): the
+    loss normaliser stays a tensor, the logged positive count comes from nonzero()'s size."""
+    calls = []
+    item = torch.Tensor.item
+
+    def counting_item(self):
+        calls.append(tuple(self.shape))
+        return item(self)
+
+    for overrides in ({}, reppoints_overrides()):
+        torch.manual_seed(0)
+        model = build_model(tiny_cfg(**overrides)).train()
+        batch = [
+            make_input(96, 128, [[10, 20, 90, 80], [40, 10, 120, 90]], [0, 2]),
+            make_input(96, 128, [[5, 5, 60, 70]], [1]),
+        ]
+        monkeypatch.setattr(torch.Tensor, "item", counting_item)
+        with EventStorage() as storage:
+            losses = model(batch)
+        monkeypatch.setattr(torch.Tensor, "item", item)
+        assert calls == [], overrides
+        assert all(torch.isfinite(v) for v in losses.values())
+        assert storage.latest()["kgdet/num_pos_s1"][0] > 0

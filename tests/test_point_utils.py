@@ -158,3 +158,29 @@ def test_mirror_helpers():
     torch.testing.assert_close(mirrored[:, 1], -offsets[:, 3].flip(-1))
     box = mirror_boxes(torch.tensor([1.0, 2.0, 3.0, 4.0]).view(1, 4, 1, 1)).flatten()
     assert box.tolist() == [-3.0, 2.0, -1.0, 4.0]
+
+
+def test_moment_transform_lambda_stays_float32_for_half_points():
+    """Under AMP the head's points are float16: the transform runs in float32, so λ's gradient
+    (a sum over every cell, times GradScaler's 65536) stays finite."""
+    torch.manual_seed(0)
+    points = (torch.randn(2, 18, 16, 16) * 4).half().requires_grad_()
+    lam = torch.zeros(2, requires_grad=True)
+    boxes = moment_transform(points, lam, moment_mul=1.0)
+    assert boxes.dtype == torch.float32
+    sizes = boxes[:, 2:] - boxes[:, :2]  # width and height: 2·σ·exp(λ)
+    (sizes.sum() * 65536.0).backward()
+    assert lam.grad.dtype == torch.float32
+    assert torch.isfinite(lam.grad).all() and lam.grad.abs().max() > 65504  # beyond float16
+    assert points.grad.dtype == torch.float16
+
+
+def test_moment_transform_float32_under_cpu_autocast():
+    torch.manual_seed(1)
+    points = torch.randn(1, 18, 5, 6)
+    lam = torch.tensor([0.1, -0.2])
+    expected = moment_transform(points, lam)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = moment_transform(points, lam)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, expected)

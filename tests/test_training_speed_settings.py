@@ -129,3 +129,42 @@ def test_fused_adamw_matches_the_loop_over_training_steps():
     # The steps moved the weights far beyond the tolerance (lr 1e-3, three steps).
     change = max((p - initial[n]).abs().max().item() for n, p in loop.items())
     assert change > 1e-3
+
+
+def _clipped_adamw(fused: bool, model):
+    from detectron2.config import get_cfg
+
+    from kgdet import add_kgdet_config
+
+    cfg = get_cfg()
+    add_kgdet_config(cfg)
+    cfg.SOLVER.OPTIMIZER = "ADAMW"
+    cfg.SOLVER.BASE_LR = 0.1
+    cfg.SOLVER.WEIGHT_DECAY = 0.0
+    cfg.SOLVER.ADAMW_FUSED = fused
+    cfg.SOLVER.CLIP_GRADIENTS_FULL_MODEL_NORM = 1.0
+    return build_optimizer(cfg, model)
+
+
+def test_fused_adamw_under_grad_scaler_clips_the_true_gradient_norm():
+    """SOLVER.AMP + SOLVER.ADAMW_FUSED: GradScaler hands the fused optimizer scaled gradients
+    (unscaled inside its kernel), so the joint clipping must compare the scaled norm with
+    max_norm times the scale. Two steps, one above and one below the clipping norm; the
+    float32 loop without a scaler is the reference."""
+    torch.manual_seed(0)
+    models = [torch.nn.Linear(5, 3), torch.nn.Linear(5, 3)]
+    models[1].load_state_dict(models[0].state_dict())
+    reference, fused = (_clipped_adamw(f, m) for f, m in zip((False, True), models))
+    assert fused.param_groups[0]["fused"] is True
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    x = torch.randn(8, 5)
+    for loss_scale in (100.0, 0.01):  # joint gradient norm far above, then below 1.0
+        reference.zero_grad()
+        (models[0](x).square().sum() * loss_scale).backward()
+        reference.step()
+        fused.zero_grad()
+        scaler.scale(models[1](x).square().sum() * loss_scale).backward()
+        scaler.step(fused)
+        scaler.update()
+    for p, q in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6)

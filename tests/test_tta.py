@@ -172,3 +172,65 @@ def test_kgdet_mirror_consistency(synth_model, fusion):
     assert torch.equal(a.pred_classes[ia], b.pred_classes[ib])
     torch.testing.assert_close(a.pred_boxes.tensor[ia], mirrored_boxes[ib], atol=1e-4, rtol=0)
     torch.testing.assert_close(a.pred_keypoints[ia], mirrored_kps[ib], atol=1e-4, rtol=0)
+
+
+def _mean_fusion_loop(per_copy, image_size, nms_thresh, max_detections):
+    """The per-detection loop the "mean" fusion is written without (reference)."""
+    from detectron2.layers import batched_nms
+    from detectron2.structures import pairwise_iou
+
+    num_copies = len(per_copy)
+    copy_ids = torch.cat([torch.full((len(x),), i) for i, x in enumerate(per_copy)])
+    merged = Instances.cat(per_copy)
+    boxes = merged.pred_boxes.tensor
+    keep = batched_nms(boxes, merged.scores, merged.pred_classes, nms_thresh)[:max_detections]
+    iou = pairwise_iou(Boxes(boxes[keep]), Boxes(boxes))
+    same_class = merged.pred_classes[keep][:, None] == merged.pred_classes[None, :]
+    iou = torch.where(same_class & (iou >= nms_thresh), iou, torch.full_like(iou, -1.0))
+    out_boxes, out_scores, out_kps = [], [], []
+    for m, anchor in enumerate(keep.tolist()):
+        members = [anchor]
+        for c in range(num_copies):
+            if c == int(copy_ids[anchor]):
+                continue
+            cand = torch.where(copy_ids == c, iou[m], torch.full_like(iou[m], -1.0))
+            best = int(cand.argmax())
+            if cand[best] >= 0:
+                members.append(best)
+        idx = torch.as_tensor(members)
+        weights = merged.scores[idx]
+        w = weights / weights.sum()
+        out_boxes.append((boxes[idx] * w[:, None]).sum(0))
+        out_scores.append(weights.sum() / num_copies)
+        kps = merged.pred_keypoints[idx]
+        xy = (kps[:, :, :2] * w[:, None, None]).sum(0)
+        out_kps.append(torch.cat([xy, kps[:, :, 2:].sum(0) / num_copies], dim=1))
+    result = Instances(image_size)
+    result.pred_boxes = Boxes(torch.stack(out_boxes))
+    result.scores = torch.stack(out_scores)
+    result.pred_classes = merged.pred_classes[keep]
+    result.pred_keypoints = torch.stack(out_kps)
+    return result[torch.argsort(result.scores, descending=True)]
+
+
+@pytest.mark.parametrize("num_copies", [2, 4])
+def test_mean_fusion_equals_the_per_detection_loop(num_copies):
+    gen = torch.Generator().manual_seed(num_copies)
+    per_copy = []
+    for _ in range(num_copies):
+        n = 40
+        xy = torch.rand(n, 2, generator=gen) * 80
+        wh = 10 + torch.rand(n, 2, generator=gen) * 30
+        inst = Instances((120, 120))
+        inst.pred_boxes = Boxes(torch.cat([xy, xy + wh], dim=1))
+        inst.scores = torch.rand(n, generator=gen)
+        inst.pred_classes = torch.randint(3, (n,), generator=gen)
+        inst.pred_keypoints = torch.rand(n, 5, 3, generator=gen) * 100
+        per_copy.append(inst)
+    got = fuse_detections(per_copy, (120, 120), 0.5, 100, "mean")
+    expected = _mean_fusion_loop(per_copy, (120, 120), 0.5, 100)
+    assert len(got) == len(expected) > 10
+    assert torch.equal(got.pred_classes, expected.pred_classes)
+    for field in ("scores", "pred_keypoints"):
+        torch.testing.assert_close(got.get(field), expected.get(field), rtol=0, atol=0)
+    torch.testing.assert_close(got.pred_boxes.tensor, expected.pred_boxes.tensor, rtol=0, atol=0)

@@ -11,6 +11,10 @@ scores, classes and keypoints, post-processing included (``kgdet.export``). Then
 exported file and the PyTorch model on the sample input and prints how far apart they are. Load
 it with ``kgdet.export.ExportedPredictor`` or ``demo.py --exported``.
 
+A TorchScript graph runs only on the device type it was traced on (tracing records the device
+of the tensors the model creates): ``--device cuda`` traces it on the GPU. ONNX graphs are
+exported on the CPU and run on ONNX Runtime's CPU or CUDA execution provider (docs/gpu.md).
+
 Only ``--export-method tracing`` exists (scripting and caffe2 do not apply to KGDet). Without
 ``--sample-image`` a random image of the test size (``INPUT.MIN_SIZE_TEST`` by
 ``INPUT.MAX_SIZE_TEST``) is traced; the graph does not depend on its size.
@@ -64,6 +68,13 @@ def get_parser() -> argparse.ArgumentParser:
         help="ONNX only: ONNX's DeformConv operator (opset >= 19) or the gather formulation",
     )
     parser.add_argument("--opset", type=int, default=19, help="ONNX opset")
+    parser.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="TorchScript only: the device the graph is traced on and runs on (a traced graph "
+        "creates its tensors on it); ONNX graphs are exported on the CPU and run anywhere",
+    )
     cli.add_debug_argument(parser)
     parser.add_argument(
         "opts", default=[], nargs=argparse.REMAINDER, help="config overrides KEY VALUE ..."
@@ -120,19 +131,19 @@ def _export(args: argparse.Namespace) -> int:
     setup_logger(name="kgdet")
     logger.info(f"Arguments: {args}")
     cfg = get_kgdet_cfg(args.config_file, args.opts)
-    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.DEVICE = args.device if args.format == "torchscript" else "cpu"
     cfg.freeze()
     cli.check_weights(cfg)
     model = build_model(cfg).eval()
     DetectionCheckpointer(model).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
-    image = sample_image(cfg, args.sample_image)
+    image = sample_image(cfg, args.sample_image).to(cfg.MODEL.DEVICE)
     path = os.path.join(args.output, FILE_NAMES[args.format])
     onnx_kwargs = {}
     if args.format == "onnx":
         onnx_kwargs = {"opset": args.opset, "deform_op": args.deform_op}
     export_model(model, cfg, image, path, args.format, **onnx_kwargs)
     logger.info(f"Wrote {path} ({os.path.getsize(path) / 2**20:.1f} MiB)")
-    exported = load_exported_model(path)
+    exported = load_exported_model(path, cfg.MODEL.DEVICE)
     logger.info(f"Check on the {tuple(image.shape[1:])} sample: {compare(model, exported, image)}")
     return 0
 

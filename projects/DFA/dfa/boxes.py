@@ -2,6 +2,7 @@
 
 import numpy as np
 from typing import Any
+import torch
 
 __all__ = ["check_boxes_xyxy"]
 
@@ -10,9 +11,9 @@ def check_boxes_xyxy(boxes: Any, where: str = "boxes", allow_zero_size: bool = F
     """``boxes`` as a (G, 4) float64 XYXY array, refusing boxes DFA cannot crop.
 
     Args:
-        boxes: (G, 4) or (4 * G,) array-like, XYXY in image pixels (continuous coordinates);
-            G = 0 is fine. A box may lie partly or wholly outside the image (the crop is padded
-            with zeros).
+        boxes: (G, 4) or (4 * G,) array-like or tensor on any device, XYXY in image pixels
+            (continuous coordinates); G = 0 is fine. A box may lie partly or wholly outside the
+            image (the crop is padded with zeros).
         where: names the argument in errors.
         allow_zero_size: accept x1 == x2 / y1 == y2 (degenerate ground truth; grown to 1 px by
             :func:`dfa.landmarks.sanitize_box`). Public APIs keep the default, strict check.
@@ -25,6 +26,9 @@ def check_boxes_xyxy(boxes: Any, where: str = "boxes", allow_zero_size: bool = F
             y2 < y1 (x2 <= x1, y2 <= y1 unless ``allow_zero_size``): often an (x, y, w, h)
             box passed as XYXY.
     """
+    if isinstance(boxes, torch.Tensor):
+        # CUDA tensors (a detector's pred_boxes on the GPU) and tensors requiring grad.
+        boxes = boxes.detach().cpu()
     try:
         arr = np.asarray(boxes, dtype=np.float64)
     except (TypeError, ValueError) as e:

@@ -47,6 +47,7 @@ class DFAPredictor:
             "width": image.shape[1],
         }
         if classes is not None:
+            classes = classes.detach().cpu() if isinstance(classes, torch.Tensor) else classes
             inputs["classes"] = torch.as_tensor(classes, dtype=torch.long).reshape(-1)
         return self.model([inputs])[0]
 

@@ -157,9 +157,12 @@ def add_kgdet_config(cfg: CN) -> None:
     k.KEYPOINT_BRANCH = True
     # Classify at every stage (KGDet) or only at the refinement stages (RepPoints baselines).
     k.CLS_ON_ALL_STAGES = True
-    # Deformable convolution implementation: "auto", "detectron2", "torchvision" or "grid_sample".
+    # Deformable convolution implementation: "auto", "detectron2", "torchvision", "gather" or
+    # "grid_sample". "auto": gather on CPU; on CUDA Detectron2's op if it runs on this GPU (tried
+    # once, warns and falls back otherwise), else torchvision (docs/gpu.md).
     k.DEFORM_IMPL = "auto"
     # Channels-last (NHWC) weights and images: a speed setting, equal results up to rounding.
+    # Detectron2's CUDA deformable conv gets a contiguous copy of its weight.
     k.CHANNELS_LAST = False
 
     # ---- assignment ------------------------------------------------------------------------
@@ -206,6 +209,8 @@ def add_kgdet_config(cfg: CN) -> None:
     # faster on 2 CPU cores, used where the parameters' device supports it. Off by default: the
     # rounding differences change a from-scratch run's trajectory, so the README's measured
     # results (made with the loop) would not reproduce to the digit (docs/synthetic_training.md).
+    # With SOLVER.AMP.ENABLED the joint clipping accounts for the loss scale GradScaler leaves
+    # in a fused optimizer's gradients (kgdet/solver.py).
     _C.SOLVER.ADAMW_FUSED = False
 
     # ---- evaluation ------------------------------------------------------------------------

@@ -88,31 +88,25 @@ def fuse_detections(
     iou = pairwise_iou(Boxes(boxes[keep]), Boxes(boxes))  # (M, N)
     same_class = merged.pred_classes[keep][:, None] == merged.pred_classes[None, :]
     iou = torch.where(same_class & (iou >= nms_thresh), iou, torch.full_like(iou, -1.0))
-    fused_boxes, fused_scores, fused_kps = [], [], []
-    for m, anchor in enumerate(keep.tolist()):
-        members = [anchor]
-        for c in range(num_copies):
-            if c == int(copy_ids[anchor]):
-                continue
-            cand = torch.where(copy_ids == c, iou[m], torch.full_like(iou[m], -1.0))
-            best = int(cand.argmax())
-            if cand[best] >= 0:
-                members.append(best)
-        idx = torch.as_tensor(members, device=boxes.device)
-        weights = merged.scores[idx]
-        w = weights / weights.sum()
-        fused_boxes.append((boxes[idx] * w[:, None]).sum(0))
-        fused_scores.append(weights.sum() / num_copies)
-        if has_kp:
-            kps = merged.pred_keypoints[idx]
-            xy = (kps[:, :, :2] * w[:, None, None]).sum(0)
-            conf = kps[:, :, 2:].sum(0) / num_copies
-            fused_kps.append(torch.cat([xy, conf], dim=1))
-    result.pred_boxes = Boxes(torch.stack(fused_boxes))
-    result.scores = torch.stack(fused_scores)
+    # Members of each kept detection: itself, then from every other copy (ascending) its
+    # best-overlapping same-class detection; absent members get weight 0.
+    copies = torch.arange(num_copies, device=boxes.device)
+    in_copy = copy_ids[None, None, :] == copies[None, :, None]  # (1, C, N)
+    best_iou, best = torch.where(in_copy, iou[:, None, :], -1.0).max(dim=2)  # (M, C)
+    found = (best_iou >= 0) & (copies[None, :] != copy_ids[keep][:, None])
+    members = torch.cat([keep[:, None], best], dim=1)  # (M, 1 + C)
+    present = torch.cat([torch.ones_like(found[:, :1]), found], dim=1).to(boxes.dtype)
+    weights = merged.scores[members] * present
+    total = weights.sum(1)
+    w = weights / total[:, None]
+    result.pred_boxes = Boxes((boxes[members] * w[..., None]).sum(1))
+    result.scores = total / num_copies
     result.pred_classes = merged.pred_classes[keep]
     if has_kp:
-        result.pred_keypoints = torch.stack(fused_kps)
+        kps = merged.pred_keypoints[members]  # (M, 1 + C, K, 3)
+        xy = (kps[..., :2] * w[..., None, None]).sum(1)
+        conf = (kps[..., 2:] * present[..., None, None]).sum(1) / num_copies
+        result.pred_keypoints = torch.cat([xy, conf], dim=2)
     order = torch.argsort(result.scores, descending=True)
     return result[order]
 

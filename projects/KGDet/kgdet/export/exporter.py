@@ -127,13 +127,18 @@ def _atomic_path(path: str) -> str:
 def export_torchscript(model: nn.Module, cfg, image: Tensor, path: str) -> Dict:
     """Trace ``model`` (already prepared) on ``image`` and save a TorchScript file at ``path``.
 
+    The graph runs on the device type of ``model`` and ``image`` only: tracing records the
+    device of every tensor the model creates (``kgdet.export.predictor.baked_devices``), so
+    trace on the device the graph is to run on.
+
     Returns the metadata stored in the file. No partial file is left on failure.
     """
     names = output_names(model, image)
     adapter = build_tracing_adapter(model, image)
     with deform_impl(model, "gather"), torch.no_grad(), _quiet_tracing():
         traced = torch.jit.trace(adapter, adapter.flattened_inputs, check_trace=False)
-    metadata = export_metadata(model, cfg, "torchscript", names, deform_op="gather")
+    device = next(model.parameters()).device.type  # the graph creates tensors there
+    metadata = export_metadata(model, cfg, "torchscript", names, deform_op="gather", device=device)
     tmp = _atomic_path(path)
     try:
         with _quiet_tracing():

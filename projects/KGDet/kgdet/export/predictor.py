@@ -12,7 +12,7 @@ import logging
 import numpy as np
 import os
 import warnings
-from typing import Dict, Optional
+from typing import Dict, Optional, Set
 import torch
 
 import detectron2.data.transforms as T
@@ -20,8 +20,15 @@ from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
 
 from .exporter import METADATA_KEY
+from .runtime import conflicting_distributions_message, deform_conv_unsupported_message
 
-__all__ = ["ExportedPredictor", "load_exported_model", "OnnxRuntimeModel", "TorchScriptModel"]
+__all__ = [
+    "ExportedPredictor",
+    "baked_devices",
+    "load_exported_model",
+    "OnnxRuntimeModel",
+    "TorchScriptModel",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -36,13 +43,18 @@ class OnnxRuntimeModel:
 
     Raises:
         ImportError: without ``onnxruntime`` (``pip install -e .[deploy]``).
-        ValueError: "cuda" asked but this ONNX Runtime has no CUDA provider, or a file without
-            KGDet export metadata.
+        ValueError: "cuda" asked but this ONNX Runtime has no CUDA provider, an ONNX Runtime
+            older than 1.25 (no DeformConv kernel) for a graph with ``DeformConv``, or a file
+            without KGDet export metadata. Both ``onnxruntime`` and ``onnxruntime-gpu``
+            installed is logged as a warning (kgdet.export.runtime).
     """
 
     def __init__(self, path: str, device: str = "cpu", num_threads: Optional[int] = None):
         import onnxruntime as ort
 
+        conflict = conflicting_distributions_message()
+        if conflict:
+            logger.warning(conflict)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if num_threads:
@@ -52,14 +64,20 @@ class OnnxRuntimeModel:
                 raise ValueError(
                     f"device {device!r} asked for ONNX Runtime's CUDAExecutionProvider, but this "
                     f"onnxruntime only has {ort.get_available_providers()} (install "
-                    "onnxruntime-gpu)"
+                    "onnxruntime-gpu)" + (f"; {conflict}" if conflict else "")
                 )
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         elif device == "cpu":
             providers = ["CPUExecutionProvider"]
         else:
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-        self.session = ort.InferenceSession(path, options, providers=providers)
+        try:
+            self.session = ort.InferenceSession(path, options, providers=providers)
+        except Exception as e:
+            too_old = deform_conv_unsupported_message(ort.__version__)
+            if too_old and "DeformConv" in str(e):
+                raise ValueError(f"'{path}': {too_old}") from e
+            raise
         meta = self.session.get_modelmeta().custom_metadata_map
         if METADATA_KEY not in meta:
             raise ValueError(
@@ -76,8 +94,28 @@ class OnnxRuntimeModel:
         return {n: torch.from_numpy(v) for n, v in zip(self.output_names, outputs)}
 
 
+def baked_devices(module: torch.jit.ScriptModule) -> Set[str]:
+    """Device types ("cpu", "cuda") written into a traced graph as constants.
+
+    Tracing records ``torch.arange(..., device=x.device)`` and ``tensor.to(device)`` with the
+    tracing device as a constant; such a graph creates tensors on that device whatever device
+    its weights are moved to.
+    """
+    found = set()
+    for node in module.inlined_graph.nodes():
+        if node.kind() == "prim::Constant" and node.output().type().kind() == "DeviceObjType":
+            found.add(torch.device(node.output().toIValue()).type)
+    return found
+
+
 class TorchScriptModel:
-    """An exported TorchScript file (``--format torchscript``) on ``device``."""
+    """An exported TorchScript file (``--format torchscript``) on ``device``.
+
+    Raises:
+        ValueError: a file without KGDet export metadata, or a graph traced on another device
+            type than ``device`` (trace it on the device it runs on:
+            ``tools/deploy/export_model.py --device cuda``).
+    """
 
     def __init__(self, path: str, device: str = "cpu"):
         extra = {METADATA_KEY: ""}
@@ -86,13 +124,23 @@ class TorchScriptModel:
             warnings.filterwarnings(
                 "ignore", message=r"`torch\.jit\.load` is deprecated", category=FutureWarning
             )
-            self.module = torch.jit.load(path, map_location=device, _extra_files=extra)
+            # Loaded on the CPU first: the graph's own devices are checked before any move.
+            module = torch.jit.load(path, map_location="cpu", _extra_files=extra)
         if not extra[METADATA_KEY]:
             raise ValueError(
                 f"'{path}' has no '{METADATA_KEY}' metadata: export it with "
                 "tools/deploy/export_model.py"
             )
         self.metadata = json.loads(extra[METADATA_KEY])
+        target = torch.device(device).type
+        other = sorted(baked_devices(module) - {target})
+        if other:
+            raise ValueError(
+                f"'{path}' was traced on {'/'.join(other)} and creates tensors there; it cannot "
+                f"run on {device!r}: export it on that device (tools/deploy/export_model.py "
+                f"--format torchscript --device {target}) or run it with device={other[0]!r}"
+            )
+        self.module = module.to(device)
         self.device = device
 
     def __call__(self, image: torch.Tensor) -> Dict[str, torch.Tensor]:

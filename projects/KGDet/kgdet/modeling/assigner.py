@@ -142,9 +142,8 @@ class PointAssigner:
         cand_dist = cand_dist.masked_fill(~torch.isfinite(cand_dist), float("inf"))
         candidate = torch.full_like(dist, float("inf")).scatter_(1, cand_idx, cand_dist)
         best_dist, best_gt = candidate.min(dim=0)  # first minimum on ties = earlier GT
-        is_pos = torch.isfinite(best_dist)
-        matched[is_pos] = best_gt[is_pos]
-        return matched
+        # torch.where, not boolean-mask indexing: no host synchronisation per image.
+        return torch.where(torch.isfinite(best_dist), best_gt, matched)
 
 
 class MaxIoUAssigner:
@@ -188,7 +187,9 @@ class MaxIoUAssigner:
         gt_idx, labels = self.matcher(iou)
         best_iou = iou.gather(0, gt_idx[None, :])[0]
         low_quality = (labels == 1) & (best_iou < self.high)
-        labels[low_quality & ((best_iou <= 0) | (best_iou < self.min_pos_iou))] = 0
-        matched[labels == 1] = gt_idx[labels == 1]
-        matched[labels == -1] = IGNORE
-        return matched
+        labels = labels.masked_fill(
+            low_quality & ((best_iou <= 0) | (best_iou < self.min_pos_iou)), 0
+        )
+        # torch.where / masked_fill, not boolean-mask indexing: no host synchronisation.
+        matched = torch.where(labels == 1, gt_idx, matched)
+        return matched.masked_fill(labels == -1, IGNORE)

@@ -20,6 +20,7 @@ of the per-sample weights, which carries the offset gradient. The result equals
 ``impl="grid_sample"``; ``tools/benchmark_deform.py`` times all paths.
 """
 
+import functools
 import logging
 import math
 from typing import Optional, Tuple
@@ -30,7 +31,13 @@ from torchvision.ops import deform_conv2d as tv_deform_conv2d
 
 from detectron2.layers.wrappers import shapes_to_tensor
 
-__all__ = ["KGDeformConv", "deform_conv2d_gather", "deform_conv2d_grid_sample", "DEFORM_IMPLS"]
+__all__ = [
+    "KGDeformConv",
+    "deform_conv2d_gather",
+    "deform_conv2d_grid_sample",
+    "detectron2_cuda_op_runs",
+    "DEFORM_IMPLS",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +55,42 @@ def _detectron2_cuda_available() -> bool:
     except ImportError:
         return False
     return bool(_C.has_cuda())
+
+
+def _run_tiny_detectron2_op(device: torch.device) -> None:
+    """One 3x3 deformable conv of a 1x1x3x3 input with Detectron2's op on ``device``."""
+    from detectron2.layers.deform_conv import deform_conv
+
+    x = torch.zeros(1, 1, 3, 3, device=device)
+    offset = torch.zeros(1, 18, 3, 3, device=device)
+    weight = torch.zeros(1, 1, 3, 3, device=device)
+    deform_conv(x, offset, weight, 1, 1, 1, 1, 1)
+    torch.cuda.synchronize(device)
+
+
+@functools.lru_cache(maxsize=None)
+def detectron2_cuda_op_runs(device: torch.device) -> bool:
+    """Whether Detectron2's compiled CUDA ``deform_conv`` runs on the CUDA ``device``.
+
+    ``detectron2._C.has_cuda()`` only says the extension was compiled with CUDA; a build for
+    other GPU architectures fails on the first call ("no kernel image is available"). The op is
+    tried once per device on a tiny input; a failure is logged once as a warning and the caller
+    falls back to torchvision's kernel.
+    """
+    if not _detectron2_cuda_available():
+        return False
+    try:
+        _run_tiny_detectron2_op(device)
+    except Exception as e:  # RuntimeError / CUDA errors of a build without this architecture
+        logger.warning(
+            "Detectron2's CUDA deform_conv does not run on %s (%s: %s); DEFORM_IMPL 'auto' uses "
+            "torchvision's deform_conv2d instead",
+            device,
+            type(e).__name__,
+            str(e).strip().splitlines()[0] if str(e).strip() else "",
+        )
+        return False
+    return True
 
 
 def _output_size(x: Tensor, k: int, padding: int) -> Tuple[int, int]:
@@ -223,13 +266,16 @@ class KGDeformConv(nn.Module):
     The single ``weight`` parameter has the name and shape of Detectron2's ``DeformConv``, so
     checkpoints load into either path, and every ``impl`` computes the same function:
 
-    * ``"auto"``: CUDA input -> Detectron2's op when ``detectron2._C`` has CUDA, else
-      torchvision; CPU input -> ``"gather"``.
+    * ``"auto"``: CUDA input -> Detectron2's op when ``detectron2._C`` has CUDA and the op runs
+      on this GPU (:func:`detectron2_cuda_op_runs`, tried once), else torchvision; CPU input
+      -> ``"gather"``.
     * ``"gather"``: :func:`deform_conv2d_gather` (fastest on CPU; trains on CPU).
     * ``"grid_sample"``: :func:`deform_conv2d_grid_sample`.
     * ``"torchvision"``: ``torchvision.ops.deform_conv2d``.
     * ``"detectron2"``: ``detectron2.layers.deform_conv`` (on CPU its forward is torchvision's
-      and its backward raises, as in Detectron2).
+      and its backward raises, as in Detectron2). Detectron2's CUDA op needs a contiguous
+      weight; a channels-last weight (``MODEL.KGDET.CHANNELS_LAST``) is passed as a contiguous
+      copy.
 
     Under AMP the convolution runs in float32 (docs/DESIGN.md §3.1).
     """
@@ -263,7 +309,9 @@ class KGDeformConv(nn.Module):
         if self.impl != "auto":
             return self.impl
         if device.type == "cuda":
-            return "detectron2" if _detectron2_cuda_available() else "torchvision"
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            runs = detectron2_cuda_op_runs(torch.device("cuda", index))
+            return "detectron2" if runs else "torchvision"
         return "gather"
 
     def _cached_weight_matrix(self) -> Optional[Tensor]:
@@ -308,7 +356,10 @@ class KGDeformConv(nn.Module):
             return tv_deform_conv2d(x, offset, weight, padding=(self.padding, self.padding))
         from detectron2.layers.deform_conv import deform_conv
 
-        return deform_conv(x, offset, weight, 1, self.padding, 1, 1, 1)
+        # Detectron2's CUDA kernel checks weight.is_contiguous() (a channels-last weight fails).
+        return deform_conv(
+            x.contiguous(), offset.contiguous(), weight.contiguous(), 1, self.padding, 1, 1, 1
+        )
 
     def extra_repr(self) -> str:
         return (

@@ -27,12 +27,15 @@ KP_NORMS = {"per_instance_x4": 4.0, "per_instance": 1.0}
 def classification_loss(
     logits: Tensor, labels: Tensor, num_classes: int, alpha: float, gamma: float
 ) -> Tensor:
-    """Sigmoid focal loss summed over cells and classes.
+    """Sigmoid focal loss summed over cells and classes, in float32 (or float64).
 
     Args:
-        logits: (V, C).
+        logits: (V, C), any float dtype.
         labels: (V,) in [0, C]; C = background (all-zero target row).
     """
+    # float32 whatever autocast made of the logits: the sum runs over every valid cell and
+    # class, far beyond float16's largest value (65504) on a full-size batch.
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     targets = F.one_hot(labels, num_classes=num_classes + 1)[:, :num_classes].to(logits.dtype)
     return sigmoid_focal_loss_jit(logits, targets, alpha=alpha, gamma=gamma, reduction="sum")
 

@@ -104,8 +104,20 @@ def moment_transform(
         param: "exp" (code: half-width = σ·exp(λ)) or "linear" (paper: width = λ·σ).
 
     Returns:
-        (N, 4, H, W) in cells relative to the grid point.
+        (N, 4, H, W) in cells relative to the grid point, float32 (float64 for float64 points).
+
+    Computed in at least float32 whatever the input dtype (float16 / bfloat16 under autocast): λ's
+    gradient is a sum over every cell of the batch, which overflows float16 once scaled by
+    AMP's ``GradScaler``, and the squares of the variance lose float16's few digits.
     """
+    dtype = torch.promote_types(points.dtype, torch.float32)  # float64 stays float64
+    with torch.autocast(points.device.type, enabled=False):
+        return _moment_transform(points.to(dtype), moment_lambda, moment_mul, param)
+
+
+def _moment_transform(
+    points: Tensor, moment_lambda: Tensor, moment_mul: float, param: str
+) -> Tensor:
     ys, xs = split_yx(points)
     num_points = ys.shape[1]
     if num_points < 2:
