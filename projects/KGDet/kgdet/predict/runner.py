@@ -90,16 +90,17 @@ class PredictionSummary:
         return out
 
     def line(self) -> str:
-        """One line: ``N files: a predicted, b skipped as already done, c failed (...), ...``."""
+        """``N input files: a predicted, b skipped as already done, c failed (...); d other
+        entries left out (...)``."""
 
         def detail(counts: Dict[str, int]) -> str:
             return " (" + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) + ")"
 
         text = (
-            f"{self.files} files: {self.predicted} predicted, {self.done_before} skipped as "
+            f"{self.files} input files: {self.predicted} predicted, {self.done_before} skipped as "
             f"already done, {self.failed} failed"
             + (detail(self.failed_by_reason) if self.failed else "")
-            + f", {self.left_out} left out"
+            + f"; {self.left_out} other entries left out"
             + (detail(self.left_out_by_reason) if self.left_out else "")
         )
         if self.torn_lines:
