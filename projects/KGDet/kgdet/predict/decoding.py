@@ -38,9 +38,8 @@ def resized_shape(height: int, width: int, min_size: int, max_size: int) -> Tupl
 
 
 def check_resizable(height: int, width: int, min_size: int, max_size: int) -> Optional[str]:
-    """None if a ``width`` x ``height`` image can be resized for the model, else the reason
-    ("degenerate size: 1200x3 px resized ... leaves 160x0 px"), e.g. for a 1200 x 3 px strip at 160 / 160 px.
-    """
+    """None if a ``width`` x ``height`` image can be resized for the model, else the reason,
+    e.g. "degenerate size: 1200x3 px resized ... leaves 160x0 px" at 160 / 160 px."""
     new_h, new_w = resized_shape(height, width, min_size, max_size)
     if new_h >= 1 and new_w >= 1:
         return None
