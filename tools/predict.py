@@ -52,8 +52,8 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--format",
         nargs="+",
-        choices=FORMATS,
         default=["jsonl"],
+        metavar="FORMAT",
         help="besides the JSON Lines shards: 'coco' (coco_results.json) and/or 'deepfashion2' "
         "(the official submission files)",
     )
@@ -106,19 +106,23 @@ def get_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: Sequence[str] = None) -> argparse.Namespace:
     """Parse; ``KEY VALUE`` config overrides may follow the other arguments without ``--opts``."""
-    args, rest = get_parser().parse_known_args(argv)
-    for i, item in enumerate(args.input):  # `--input` takes several values
-        if _CONFIG_KEY.match(item):
-            rest = args.input[i:] + rest
-            args.input = args.input[:i]
-            break
+    parser = get_parser()
+    args, rest = parser.parse_known_args(argv)
+    for name in ("input", "format"):  # options taking several values: a config key ends them
+        values = getattr(args, name)
+        for i, item in enumerate(values):
+            if _CONFIG_KEY.match(item):
+                rest = values[i:] + rest
+                setattr(args, name, values[:i])
+                break
     unknown = [r for r in rest if r.startswith("--")]
-    if unknown or not args.input:
-        get_parser().error(
-            f"unrecognized arguments: {' '.join(unknown)}"
-            if unknown
-            else "--input needs at least one folder, pattern or file"
-        )
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if not args.input:
+        parser.error("--input needs at least one folder, pattern or file")
+    bad = [f for f in args.format if f not in FORMATS]
+    if bad:
+        parser.error(f"--format {bad[0]}: expected some of {', '.join(FORMATS)}")
     args.opts = list(rest) + list(args.opts)
     return args
 

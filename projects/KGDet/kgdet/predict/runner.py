@@ -200,7 +200,6 @@ def predict_files(
     with ShardWriter(
         os.path.join(out, shard_name(PREDICTION_SHARD, rank, world_size))
     ) as pw, ShardWriter(os.path.join(out, shard_name(FAILED_SHARD, rank, world_size))) as fw:
-        summary.torn_lines = pw.torn + fw.torn
         for batch in loader:
             items, failures = split_batch(batch)
             results, model_failures = predictor(items)
@@ -240,8 +239,7 @@ def predict_files(
             summary.failed += len(new_failures)
             bar.update(len(records) + len(new_failures))
     bar.close()
-    if rank == 0:
-        summary.torn_lines += bad_lines
+    summary.torn_lines = bad_lines if rank == 0 else 0  # every rank read the same shards
     return summary
 
 
