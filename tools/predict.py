@@ -62,6 +62,13 @@ def get_parser() -> argparse.ArgumentParser:
         "--num-workers", type=int, default=2, help="image-decoding worker processes per rank"
     )
     parser.add_argument(
+        "--num-threads",
+        type=int,
+        default=None,
+        help="CPU threads of each process for PyTorch and ONNX Runtime (default: PyTorch's; "
+        "with several CPU processes the cores divided among them)",
+    )
+    parser.add_argument(
         "--exported",
         metavar="MODEL",
         help="run an exported model (.onnx: ONNX Runtime, else TorchScript) instead of "
@@ -156,6 +163,7 @@ def setup(args: argparse.Namespace):
         batch_size=args.batch_size,
         num_workers=args.num_workers,
         exported=args.exported,
+        num_threads=args.num_threads,
         draw=args.draw,
         keypoint_threshold=args.keypoint_threshold,
         progress=args.progress,

@@ -259,10 +259,10 @@ def run_prediction(cfg, listing: InputListing, options: PredictionOptions) -> Pr
         setup_logger(name="kgdet", distributed_rank=comm.get_rank())
     elif comm.get_world_size() > 1:
         setup_logger(name="kgdet")
-    threads = _threads_per_process(cfg.MODEL.DEVICE)
+    threads = options.num_threads or _threads_per_process(cfg.MODEL.DEVICE)
     if threads:
         torch.set_num_threads(threads)
-        options.num_threads = options.num_threads or threads
+        options.num_threads = threads
     rank, world_size = comm.get_rank(), comm.get_world_size()
     summary = predict_files(cfg, listing.files, options, rank, world_size)
     total = PredictionSummary()
