@@ -22,7 +22,7 @@ import json
 import logging
 import os
 import re
-from typing import Dict, Iterable, List, Optional, Set, Tuple
+from typing import Dict, Iterable, List, Set, Tuple
 
 __all__ = [
     "PREDICTION_SHARD",
@@ -201,6 +201,6 @@ class ShardWriter:
             self._file = None
 
 
-def is_shard_name(name: str) -> Optional[bool]:
+def is_shard_name(name: str) -> bool:
     """True if ``name`` (a base name) is a prediction or failure shard's."""
     return bool(SHARD_PATTERN.match(name))
