@@ -23,10 +23,16 @@ draws keypoints below the keypoint threshold hollow. ``predictions.json`` holds 
 above the confidence threshold, unmerged:
 ``{"images": [{"file_name", "height", "width", "instances": [{"bbox": [x1, y1, x2, y2],
 "score", "category_id" (contiguous), "category_name", "keypoints": [{"slot", "name", "x", "y",
-"score"}, ...]}]}], "skipped": [{"file_name", "error"}]}`` — coordinates are Detectron2's
-continuous image coordinates of the original image. Images that cannot be read are skipped with a
-counted warning; the others are still written. Config overrides may follow the arguments
-(``KEY VALUE`` pairs) or ``--opts``.
+"score"}, ...]}]}], "skipped": [{"file_name", "error"}], "left_out": [...]}`` — coordinates are
+Detectron2's continuous image coordinates of the original image. A directory input gives every
+file whose extension Pillow knows an image format for (``.jpg``, ``.jfif``, ``.jpe``, ``.png``,
+``.gif``, ``.avif``, ...), decoded by content; its other entries are named in a warning and in
+``"left_out": [{"file_name", "reason"}]``. Images that cannot be read, that are too thin to be
+resized to the test size (e.g. a 1200x3 px strip), or that the model fails on are skipped with a
+counted warning; the others are still written, and so is ``predictions.json``. The drawings
+never replace an input: an ``--output`` that is a folder of the inputs, or an output file that
+is an input, is refused in one line (``tools/predict.py`` writes its records beside the inputs
+safely). Config overrides may follow the arguments (``KEY VALUE`` pairs) or ``--opts``.
 
 Without ``MODEL.WEIGHTS`` the model would be randomly initialised and find nothing: the demo
 refuses unless ``--random-weights`` is given (then it warns). A missing config, weights or input
@@ -60,10 +66,10 @@ from kgdet import get_kgdet_cfg  # importing kgdet registers the model and datas
 from kgdet.data.image_io import read_image  # Detectron2's read_image, exact 8-bit conversion
 from kgdet.evaluation.garment_visualizer import GarmentVisualizer
 from kgdet.file_io import write_atomic, write_json_atomic
+from kgdet.predict import check_resizable, instances_to_records, list_inputs, pil_image_extensions
 
 logger = logging.getLogger("kgdet.demo")
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 _CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Za-z0-9_]+)+$")
 
 
@@ -167,24 +173,16 @@ def setup_cfg(args: argparse.Namespace):
     return cfg
 
 
-def expand_inputs(inputs: Sequence[str]) -> List[str]:
-    """Files as given, images inside directories, glob matches; sorted, duplicates removed."""
-    paths: List[str] = []
+def expand_inputs(inputs: Sequence[str]) -> Tuple[List[str], List[Dict[str, str]]]:
+    """(files, left out): files as given, glob matches, and the files of directories whose
+    extension is one Pillow knows an image format for (.jpg, .jfif, .jpe, .png, .gif, .avif,
+    ...; tried by content); the other directory entries are left out, each with its reason."""
+    listing = list_inputs(inputs, extensions=pil_image_extensions())
     for item in inputs:
-        if os.path.isdir(item):
-            found = sorted(
-                os.path.join(item, f)
-                for f in os.listdir(item)
-                if f.lower().endswith(IMAGE_EXTENSIONS)
-            )
-        elif any(ch in item for ch in "*?["):
-            found = sorted(glob.glob(os.path.expanduser(item)))
-        else:
-            found = [item]  # an unreadable or missing file is reported when read
-        if not found:
-            logger.warning(f"--input '{item}' matched no image")
-        paths.extend(found)
-    return list(dict.fromkeys(paths))
+        if not os.path.isdir(item) and any(ch in item for ch in "*?["):
+            if not glob.glob(os.path.expanduser(item)):
+                logger.warning(f"--input '{item}' matched no file")
+    return listing.files, listing.skipped
 
 
 def dataset_images(name: str, num_images: int) -> List[str]:
@@ -210,36 +208,26 @@ def _output_names(paths: Sequence[str]) -> Dict[str, str]:
     return names
 
 
-def instances_to_json(instances, metadata) -> List[dict]:
-    """Detections with only each garment's own keypoint slots (continuous image coordinates)."""
-    names = metadata.get("thing_classes", None)
-    kp_names = metadata.get("keypoint_names", None)
-    class_slots = metadata.get("class_keypoint_slots", None)
-    boxes = instances.pred_boxes.tensor.tolist()
-    scores = instances.scores.tolist()
-    classes = instances.pred_classes.tolist()
-    kps = instances.pred_keypoints.numpy() if instances.has("pred_keypoints") else None
-    out = []
-    for i, (box, score, cls) in enumerate(zip(boxes, scores, classes)):
-        item = {
-            "bbox": [round(v, 2) for v in box],
-            "score": round(float(score), 5),
-            "category_id": int(cls),
-            "category_name": names[cls] if names else str(cls),
-        }
-        if kps is not None and class_slots is not None:
-            item["keypoints"] = [
-                {
-                    "slot": int(s),
-                    "name": kp_names[s] if kp_names else str(s),
-                    "x": round(float(kps[i, s, 0]), 2),
-                    "y": round(float(kps[i, s, 1]), 2),
-                    "score": round(float(kps[i, s, 2]), 5),
-                }
-                for s in class_slots[cls]
-            ]
-        out.append(item)
-    return out
+instances_to_json = instances_to_records  # detections with each garment's own keypoint slots
+
+
+def check_outputs(paths: Sequence[str], out_names: Dict[str, str], output: str) -> None:
+    """Raise ``cli.UsageError`` (one line) if ``output`` is a folder of the inputs or an output
+    file would replace an input: the drawings would overwrite photos or be read back as
+    inputs by the next run."""
+    out_real = os.path.realpath(output)
+    inputs = {os.path.realpath(p) for p in paths}
+    folders = {os.path.dirname(p) for p in inputs}
+    if out_real in folders:
+        raise cli.UsageError(
+            f"--output '{output}' is a folder of the input images: the drawings would replace "
+            "or mix with them; choose another folder"
+        )
+    planned = [os.path.join(out_real, n) for n in out_names.values()]
+    planned.append(os.path.join(out_real, "predictions.json"))
+    clash = [p for p in planned if p in inputs]
+    if clash:
+        raise cli.UsageError(f"--output '{output}' would overwrite the input '{clash[0]}'")
 
 
 def run_demo(args: argparse.Namespace) -> Tuple[int, int]:
@@ -247,16 +235,25 @@ def run_demo(args: argparse.Namespace) -> Tuple[int, int]:
     cfg = setup_cfg(args)
     dataset = cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else cfg.DATASETS.TRAIN[0]
     metadata = MetadataCatalog.get(dataset)
+    left_out: List[Dict[str, str]] = []
     if args.dataset:
         paths = dataset_images(args.dataset, args.num_images)
     else:
         cli.check_input_paths(args.input, "--input")
-        paths = expand_inputs(args.input)
+        paths, left_out = expand_inputs(args.input)
+    if left_out:
+        logger.warning(
+            f"Left out {len(left_out)} director{'y entry' if len(left_out) == 1 else 'y entries'}"
+            " (not image files): "
+            + ", ".join(f"{os.path.basename(s['file_name'])} ({s['reason']})" for s in left_out)
+        )
     if not paths:
         raise cli.UsageError(
             f"--input {' '.join(args.input)} matched no image: expected image files, "
-            f"directories of images ({', '.join(IMAGE_EXTENSIONS)}) or glob patterns"
+            "directories of images or glob patterns"
         )
+    out_names = _output_names(paths)
+    check_outputs(paths, out_names, args.output)
     if args.exported:
         from kgdet.export import ExportedPredictor
 
@@ -264,7 +261,6 @@ def run_demo(args: argparse.Namespace) -> Tuple[int, int]:
     else:
         predictor = DefaultPredictor(cfg)
     os.makedirs(args.output, exist_ok=True)
-    out_names = _output_names(paths)
     records, skipped = [], []
     for path in tqdm.tqdm(paths, desc="demo", unit="img", disable=len(paths) < 2):
         try:
@@ -273,7 +269,19 @@ def run_demo(args: argparse.Namespace) -> Tuple[int, int]:
             logger.warning(f"Skipping unreadable image '{path}': {e}")
             skipped.append({"file_name": path, "error": str(e)})
             continue
-        instances = predictor(image)["instances"].to("cpu")
+        problem = check_resizable(
+            *image.shape[:2], cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST
+        )
+        if problem:
+            logger.warning(f"Skipping '{path}': {problem}")
+            skipped.append({"file_name": path, "error": problem})
+            continue
+        try:
+            instances = predictor(image)["instances"].to("cpu")
+        except Exception as e:  # noqa: B902 - one image the model fails on ends nothing
+            logger.warning(f"Skipping '{path}': prediction failed: {type(e).__name__}: {e}")
+            skipped.append({"file_name": path, "error": f"prediction error ({e})"})
+            continue
         vis = GarmentVisualizer(image[:, :, ::-1], metadata)
         drawn = vis.draw_instance_predictions_garments(instances, args.keypoint_threshold)
         out_path = os.path.join(args.output, out_names[path])
@@ -292,12 +300,12 @@ def run_demo(args: argparse.Namespace) -> Tuple[int, int]:
         )
     write_json_atomic(
         os.path.join(args.output, "predictions.json"),
-        {"images": records, "skipped": skipped},
+        {"images": records, "skipped": skipped, "left_out": left_out},
         indent=1,
     )
     if skipped:
         logger.warning(
-            f"Skipped {len(skipped)} of {len(paths)} inputs that could not be read: "
+            f"Skipped {len(skipped)} of {len(paths)} inputs that could not be used: "
             + ", ".join(s["file_name"] for s in skipped)
         )
     logger.info(f"Wrote {len(records)} images and predictions.json to {args.output}")

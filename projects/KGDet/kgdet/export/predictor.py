@@ -212,6 +212,12 @@ class ExportedPredictor:
         height, width = original_image.shape[:2]
         image = self.aug.get_transform(original_image).apply_image(original_image)
         image = torch.as_tensor(image.astype("float32").transpose(2, 0, 1))
+        return self.predict_resized(image, height, width)
+
+    def predict_resized(self, image: torch.Tensor, height: int, width: int) -> Dict[str, Instances]:
+        """Run an image already resized as ``__call__`` does: (3, h, w) float32 in
+        ``INPUT.FORMAT`` order -> ``{"instances"}`` in pixels of the (``height``, ``width``)
+        original (as Detectron2 models treat a batched input's "height" / "width")."""
         outputs = self.model(image)
         instances = Instances(tuple(image.shape[-2:]))
         instances.pred_boxes = Boxes(outputs["pred_boxes"])
