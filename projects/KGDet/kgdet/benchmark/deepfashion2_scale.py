@@ -49,6 +49,15 @@ _MODULE = "kgdet.benchmark.deepfashion2_scale"
 
 
 def _peak_rss_mb() -> float:
+    """This process's peak resident set size (``VmHWM``), MiB.
+
+    Not ``getrusage``: Linux carries the launching process's peak into a child's ``ru_maxrss``
+    across ``exec``, so a step started by a large process would report that process's size.
+    """
+    with open("/proc/self/status", "r") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
@@ -64,11 +73,16 @@ def _smaps_rollup_mb(pid: int) -> Dict[str, float]:
 
 
 def _touch_records(dicts: Sequence[Dict]) -> int:
-    """Read the first, middle and last records' garments; returns how many garments they have."""
+    """Read every field of the first, middle and last records' garments (keypoints as an array,
+    whatever their stored form); returns how many garments they have."""
+    import numpy as np
+
     n = 0
     for i in sorted({0, len(dicts) // 2, len(dicts) - 1}):
         for ann in dicts[i]["annotations"]:
-            _ = ann["bbox"][0], ann["keypoints"][0], ann["category_id"]
+            fields = dict(ann)
+            if "keypoints" in fields:
+                np.asarray(fields["keypoints"], dtype=np.float64).sum()
             n += 1
     return n
 
@@ -129,10 +143,15 @@ def _step_first_batch(a: Dict[str, Any]) -> Dict[str, Any]:
 
         loader = build_detection_train_loader(cfg, mapper=KGDetDatasetMapper(cfg, is_train=True))
     t1 = time.perf_counter()
-    batch = next(iter(loader))
+    batches = iter(loader)
+    batch = next(batches)
     t2 = time.perf_counter()
+    # The loader's worker processes (torch's DataLoader iterator keeps them in ``_workers``).
+    workers = [_smaps_rollup_mb(w.pid) for w in getattr(batches, "_workers", [])]
     return {
         "seconds": t2 - t0,
+        "pss_main_mb": _smaps_rollup_mb(os.getpid())["pss"],
+        "pss_workers_mb": sum(w["pss"] for w in workers),
         "build_seconds": t1 - t0,
         "batch_seconds": t2 - t1,
         "batch_size": len(batch),
@@ -231,6 +250,7 @@ def _run_step(name: str, step_args: Dict[str, Any]) -> None:
     floor = _peak_rss_mb()
     out = _STEPS[name](step_args)
     out["import_peak_rss_mb"] = floor
+    out["peak_rss_mb"] = max(out.get("peak_rss_mb", 0.0), _peak_rss_mb())
     print(_RESULT + json.dumps(out), flush=True)
 
 
@@ -317,7 +337,9 @@ class _StepProcess:
         else:
             raise RuntimeError(f"step {self.name} printed no result; see {self.log}")
         out["wall_seconds"] = time.perf_counter() - self.start
-        out["peak_rss_mb"] = usage.ru_maxrss / 1024  # the largest process of the step's tree
+        # Largest process of the step's tree by the kernel's count; includes the launching
+        # process's own peak (see _peak_rss_mb), so it is an upper bound kept for reference.
+        out["tree_max_rss_mb"] = usage.ru_maxrss / 1024
         return out
 
 
@@ -510,7 +532,7 @@ def _ap_text(results: Dict[str, Dict]) -> str:
 def format_scale_report(report: Dict[str, Any]) -> str:
     """The report as a fixed-width table plus the ratios."""
     header = f"{'step':<36} {'variant':<9} {'images':>7} {'step s':>8} {'wall s':>9} "
-    header += f"{'peak RSS MiB':>12}  notes"
+    header += f"{'peak RSS MiB':>12} {'- imports':>9}  notes"
     lines = [header, "-" * len(header)]
     for r in report["rows"]:
         notes = [r["note"]] if r["note"] else []
@@ -524,13 +546,18 @@ def format_scale_report(report: Dict[str, Any]) -> str:
             )
         if "batch_seconds" in r:
             notes.append(f"loader {r['build_seconds']:.1f} s + batch {r['batch_seconds']:.1f} s")
+            notes.append(
+                f"Pss main {r['pss_main_mb']:.0f} + {r['num_workers']} workers "
+                f"{r['pss_workers_mb']:.0f} MiB"
+            )
         if r.get("results"):
             notes.append(_ap_text(r["results"]))
         if "json_bytes" in r:
             notes.append(f"{r['garments']} garments, {r['json_bytes'] / 2**20:.0f} MiB json")
         lines.append(
             f"{r['step']:<36} {r['variant']:<9} {r.get('images', ''):>7} {r['seconds']:>8.1f} "
-            f"{r['wall_seconds']:>9.1f} {r['peak_rss_mb']:>12.0f}  " + "; ".join(notes)
+            f"{r['wall_seconds']:>9.1f} {r['peak_rss_mb']:>12.0f} "
+            f"{r['peak_rss_mb'] - r['import_peak_rss_mb']:>9.0f}  " + "; ".join(notes)
         )
     lines.append("")
     lines.append(
