@@ -72,6 +72,16 @@ def _smaps_rollup_mb(pid: int) -> Dict[str, float]:
     return out
 
 
+def _child_pids() -> List[int]:
+    """Process ids of this process's children (``/proc/self/task/*/children``)."""
+    pids = []
+    for task in os.listdir("/proc/self/task"):
+        with contextlib.suppress(OSError):
+            with open(f"/proc/self/task/{task}/children") as f:
+                pids += [int(p) for p in f.read().split()]
+    return pids
+
+
 def _touch_records(dicts: Sequence[Dict]) -> int:
     """Read every field of the first, middle and last records' garments (keypoints as an array,
     whatever their stored form); returns how many garments they have."""
@@ -146,8 +156,7 @@ def _step_first_batch(a: Dict[str, Any]) -> Dict[str, Any]:
     batches = iter(loader)
     batch = next(batches)
     t2 = time.perf_counter()
-    # The loader's worker processes (torch's DataLoader iterator keeps them in ``_workers``).
-    workers = [_smaps_rollup_mb(w.pid) for w in getattr(batches, "_workers", [])]
+    workers = [_smaps_rollup_mb(pid) for pid in _child_pids()]  # the loader's workers
     return {
         "seconds": t2 - t0,
         "pss_main_mb": _smaps_rollup_mb(os.getpid())["pss"],
@@ -548,7 +557,7 @@ def format_scale_report(report: Dict[str, Any]) -> str:
             notes.append(f"loader {r['build_seconds']:.1f} s + batch {r['batch_seconds']:.1f} s")
             notes.append(
                 f"Pss main {r['pss_main_mb']:.0f} + {r['num_workers']} workers "
-                f"{r['pss_workers_mb']:.0f} MiB"
+                f"{r['pss_workers_mb']:.0f} = {r['pss_main_mb'] + r['pss_workers_mb']:.0f} MiB"
             )
         if r.get("results"):
             notes.append(_ap_text(r["results"]))
