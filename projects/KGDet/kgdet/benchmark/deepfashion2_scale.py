@@ -608,7 +608,7 @@ def add_scale_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument(
         "--reference-max-eval",
         type=int,
-        default=4000,
+        default=1000,
         help="largest evaluation also run with the reference evaluator",
     )
     parser.add_argument(
