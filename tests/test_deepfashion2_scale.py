@@ -1,5 +1,6 @@
 """The DeepFashion2-size simulation (json layout, counts, detections) and the scale benchmark."""
 
+import importlib.util
 import json
 import numpy as np
 import os
@@ -161,3 +162,18 @@ def test_benchmark_runs_every_step(tmp_path, capsys):
     assert ratios["ap_max_abs_diff"] <= 1e-4
     assert "pss_sum_over_one" in report["ratios"]["register train x2 processes"]
     assert "ap_max_abs_diff" in printed
+
+
+def test_simulate_tool(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location(
+        "simulate_tool", REPO_ROOT / "tools" / "simulate_deepfashion2.py"
+    )
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    out = tmp_path / "v.json"
+    assert tool.main(["--split", "validation", "--scale", "0.001", "--output", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert len(data["images"]) == round(0.001 * 32153)
+    assert "32 images" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        tool.main(["--scale", "2", "--output", str(out)])

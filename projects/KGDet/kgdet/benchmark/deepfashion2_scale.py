@@ -75,9 +75,9 @@ def _smaps_rollup_mb(pid: int) -> Dict[str, float]:
 def _child_pids() -> List[int]:
     """Process ids of this process's children (``/proc/self/task/*/children``)."""
     pids = []
-    for task in os.listdir("/proc/self/task"):
+    for thread in os.listdir("/proc/self/task"):
         with contextlib.suppress(OSError):
-            with open(f"/proc/self/task/{task}/children") as f:
+            with open(f"/proc/self/task/{thread}/children") as f:
                 pids += [int(p) for p in f.read().split()]
     return pids
 
@@ -492,11 +492,11 @@ def run_scale_benchmark(args: argparse.Namespace, echo=print) -> Dict[str, Any]:
 
 def _metric_diff(a: Dict[str, Dict], b: Dict[str, Dict]) -> Optional[float]:
     diffs = [
-        abs(float(va) - float(b[task][k]))
-        for task, metrics in a.items()
-        if task in b
+        abs(float(va) - float(b[kind][k]))
+        for kind, metrics in a.items()
+        if kind in b
         for k, va in metrics.items()
-        if k in b[task] and va == va and b[task][k] == b[task][k]  # both not NaN
+        if k in b[kind] and va == va and b[kind][k] == b[kind][k]  # both not NaN
     ]
     return max(diffs) if diffs else None
 
@@ -532,9 +532,9 @@ def compute_scale_ratios(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
 
 def _ap_text(results: Dict[str, Dict]) -> str:
     parts = []
-    for task, metrics in sorted(results.items()):
+    for kind, metrics in sorted(results.items()):
         if "AP" in metrics:
-            parts.append(f"{task} AP {metrics['AP']:.4f}")
+            parts.append(f"{kind} AP {metrics['AP']:.4f}")
     return ", ".join(parts)
 
 

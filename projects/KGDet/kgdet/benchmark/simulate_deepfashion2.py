@@ -220,18 +220,18 @@ def _make_placeholder_images(image_root: str, file_names: List[str], sizes: np.n
     """Symlink every image name to a small flat JPEG of its size (one file per distinct size)."""
     folder = os.path.join(image_root, ".placeholders")
     os.makedirs(folder, exist_ok=True)
-    targets = {}
+    placeholder = {}
     for w, h, _ in _IMAGE_SIZES:
         path = os.path.join(folder, f"{w}x{h}.jpg")
         if not os.path.isfile(path):
             image = np.full((h, w, 3), 128, dtype=np.uint8)
             write_atomic(path, lambda tmp, im=image: cv2.imwrite(tmp, im))
-        targets[(w, h)] = os.path.join(".placeholders", f"{w}x{h}.jpg")
+        placeholder[(w, h)] = os.path.join(".placeholders", f"{w}x{h}.jpg")
     for name, (w, h) in zip(file_names, sizes):
         link = os.path.join(image_root, name)
         if os.path.lexists(link):
             os.unlink(link)
-        os.symlink(targets[(int(w), int(h))], link)
+        os.symlink(placeholder[(int(w), int(h))], link)
 
 
 def write_simulated_split(
