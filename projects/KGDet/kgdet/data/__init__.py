@@ -3,8 +3,11 @@
 Importing this package registers the built-in datasets (lazily; see :mod:`kgdet.data.builtin`).
 """
 
-from .dataset_mapper import KGDetDatasetMapper
+from . import deepfashion2_meta, fld_meta
 from .build import build_kgdet_test_loader
+from .builtin import register_all_deepfashion2, register_all_fld  # registers on import
+from .compact import CompactAnnotations, OutsideClassBlockError, load_compact_annotations
+from .dataset_mapper import KGDetDatasetMapper
 from .register import (
     load_deepfashion2_json,
     load_fld_json,
@@ -12,10 +15,11 @@ from .register import (
     register_fld_instances,
 )
 from .synthetic import register_synthetic_datasets
-from .builtin import register_all_deepfashion2, register_all_fld  # registers on import
-from . import deepfashion2_meta, fld_meta
 
 __all__ = [
+    "CompactAnnotations",
+    "OutsideClassBlockError",
+    "load_compact_annotations",
     "KGDetDatasetMapper",
     "build_kgdet_test_loader",
     "register_deepfashion2_instances",
