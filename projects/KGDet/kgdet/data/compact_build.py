@@ -91,6 +91,7 @@ def build_compact_columns(
     seen_top: Dict[str, bool] = {}
 
     ann_ids = array.array("q")
+    json_index = array.array("q")  # position in the json's list, for messages
     ann_image_ids = array.array("q")
     category_ids = array.array("i")
     bboxes = array.array("d")
@@ -142,6 +143,7 @@ def build_compact_columns(
                 continue  # the file is refused at the end; stop collecting
             block, outside = blocks.split(item["keypoints"], cid - 1)
             ann_ids.append(item["id"])
+            json_index.append(index)
             ann_image_ids.append(iid)
             category_ids.append(cid)
             bboxes.extend(item["bbox"])
@@ -171,10 +173,10 @@ def build_compact_columns(
     ann_image_arr = np.frombuffer(ann_image_ids, dtype=np.int64)
     category_arr = np.frombuffer(category_ids, dtype=np.int32)
     ann_id_arr = np.frombuffer(ann_ids, dtype=np.int64)
-    _check_references(ann_id_arr, ann_image_arr, image_id_arr, "image_id", problems)
-    _check_references(
-        ann_id_arr, category_arr, np.asarray(listed, dtype=np.int64), "category_id", problems
-    )
+    positions = np.frombuffer(json_index, dtype=np.int64)
+    _check_references(positions, ann_id_arr, ann_image_arr, image_id_arr, "image_id", problems)
+    listed_arr = np.asarray(listed, dtype=np.int64)
+    _check_references(positions, ann_id_arr, category_arr, listed_arr, "category_id", problems)
     problems.raise_if_any()
 
     check.num_images = len(image_id_arr)
@@ -236,7 +238,12 @@ def _check_duplicate_images(
 
 
 def _check_references(
-    ann_ids: np.ndarray, values: np.ndarray, listed: np.ndarray, field: str, problems: _Problems
+    positions: np.ndarray,
+    ann_ids: np.ndarray,
+    values: np.ndarray,
+    listed: np.ndarray,
+    field: str,
+    problems: _Problems,
 ) -> None:
     bad = np.flatnonzero(~np.isin(values, listed))
     what = (
@@ -247,7 +254,8 @@ def _check_references(
     for a in bad[:50].tolist():
         problems.add(
             field,
-            f"annotation id {int(ann_ids[a])}, field '{field}': got {int(values[a])}; "
+            f"annotation {int(positions[a])} (id {int(ann_ids[a])}), field '{field}': got "
+            f"{int(values[a])}; "
             f"expected {what}",
         )
     if len(bad) > 50:
