@@ -72,6 +72,7 @@ ANNOTATION_COLUMNS: Dict[str, Tuple[str, Tuple[int, ...]]] = {
     "annotation_image_index": ("int64", ()),  # (A,) row in the image columns
     "category_ids": ("int32", ()),  # (A,) json ids 1..C
     "bboxes": ("float64", (4,)),  # (A, 4) XYWH
+    "bbox_is_integer": ("uint8", ()),  # (A,) 1 where the json wrote the 4 values as integers
     "areas": ("float64", ()),  # (A,) json 'area' (or w * h where it was missing)
     "iscrowd": ("uint8", ()),  # (A,)
     "json_num_keypoints": ("int32", ()),  # (A,) json 'num_keypoints' (#(v > 0) if missing)
@@ -96,7 +97,8 @@ class CompactAnnotations:
 
     Annotation columns (A garments, grouped by image): ``annotation_ids`` (A,) int64,
     ``annotation_image_index`` (A,) int64, ``category_ids`` (A,) int32 (json ids, 1-based),
-    ``bboxes`` (A, 4) float64 XYWH, ``areas`` (A,) float64, ``iscrowd`` (A,) uint8,
+    ``bboxes`` (A, 4) float64 XYWH, ``bbox_is_integer`` (A,) uint8 (1: the json wrote the box
+    as 4 integers; dataset dicts then give ints, as ``load_coco_json`` does), ``areas`` (A,) float64, ``iscrowd`` (A,) uint8,
     ``json_num_keypoints`` (A,) int32 (the json's ``num_keypoints`` field), ``num_labelled``
     (A,) int32 (#(v > 0) over all K slots), ``num_labelled_outside`` (A,) int32 (#(v > 0)
     outside the class block),
@@ -154,6 +156,7 @@ class CompactAnnotations:
     annotation_image_index: np.ndarray
     category_ids: np.ndarray
     bboxes: np.ndarray
+    bbox_is_integer: np.ndarray
     areas: np.ndarray
     iscrowd: np.ndarray
     json_num_keypoints: np.ndarray

@@ -95,6 +95,7 @@ def build_compact_columns(
     ann_image_ids = array.array("q")
     category_ids = array.array("i")
     bboxes = array.array("d")
+    bbox_is_integer = array.array("B")
     areas = array.array("d")
     iscrowd = array.array("B")
     json_num_keypoints = array.array("i")
@@ -147,6 +148,7 @@ def build_compact_columns(
             ann_image_ids.append(iid)
             category_ids.append(cid)
             bboxes.extend(item["bbox"])
+            bbox_is_integer.append(all(type(v) is int for v in item["bbox"]))
             areas.append(item["area"])
             iscrowd.append(item["iscrowd"])
             json_num_keypoints.append(item["num_keypoints"])
@@ -200,6 +202,7 @@ def build_compact_columns(
             "annotation_ids": ann_id_arr,
             "category_ids": category_arr,
             "bboxes": np.frombuffer(bboxes, dtype=np.float64).reshape(-1, 4),
+            "bbox_is_integer": np.frombuffer(bbox_is_integer, dtype=np.uint8),
             "areas": np.frombuffer(areas, dtype=np.float64),
             "iscrowd": np.frombuffer(iscrowd, dtype=np.uint8),
             "json_num_keypoints": np.frombuffer(json_num_keypoints, dtype=np.int32),

@@ -282,13 +282,17 @@ def _locked(path: str) -> Iterator[None]:
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
 
-def _try_open(path: str, fingerprint, schema_key) -> Optional[CompactAnnotations]:
+def _try_open(
+    path: str, fingerprint, schema_key, quiet: bool = False
+) -> Optional[CompactAnnotations]:
     """The cache if it is valid for this json; None if absent or made from another json."""
     if not os.path.exists(path):
         return None
     try:
         return open_cache_file(path, fingerprint, schema_key)
     except CacheFileError as e:
+        if quiet:
+            return None
         if "another version of" in str(e) or "another schema" in str(e):
             logger.info(f"Annotation cache {path} is out of date; rebuilding it")
         else:
@@ -340,7 +344,8 @@ def load_or_build(
         logger.info(f"Loaded the annotations of {json_file} from the cache {path}")
         return compact
     with _locked(path):
-        compact = _try_open(path, fingerprint, schema_key)  # built by another process meanwhile
+        # Built by another process meanwhile? (The reason it was unusable is logged already.)
+        compact = _try_open(path, fingerprint, schema_key, quiet=True)
         if compact is not None:
             return compact
         built = _build(json_file, schema, slots)

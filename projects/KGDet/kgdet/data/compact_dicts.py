@@ -89,12 +89,15 @@ class CompactDatasetDicts(Sequence[Dict[str, Any]]):
         c = self.compact
         annotations = []
         for a in c.annotation_range(row):
+            bbox = c.bboxes[a]
+            # Integers as the json wrote them (Detectron2's transforms treat int boxes as ints).
+            bbox = bbox.astype(np.int64) if c.bbox_is_integer[a] else bbox
             keypoints = c.global_keypoints(a, dtype=np.float64)
             keypoints[:, :2] += 0.5
             annotations.append(
                 {
                     "iscrowd": int(c.iscrowd[a]),
-                    "bbox": c.bboxes[a].tolist(),
+                    "bbox": bbox.tolist(),
                     "keypoints": keypoints.reshape(-1).tolist(),
                     "category_id": int(c.category_ids[a]) - 1,
                     "bbox_mode": BoxMode.XYWH_ABS,
