@@ -15,7 +15,9 @@ Conventions:
   :class:`kgdet.data.compact_dicts.CompactDatasetDicts`).
 - Keypoints are float32: integers and half-integers below 2**23 (every DeepFashion2 value) are
   exact; other fractions are rounded to float32 (relative error < 6e-8). Boxes and areas are
-  float64, the json's values exactly.
+  float64, the json's values exactly; ``bbox_is_integer`` remembers integer boxes, because
+  Detectron2's transforms keep an integer box integer (truncating after a resize) and training
+  must see what ``load_coco_json`` gives.
 - ``category_ids`` are the json's (official) ids 1..C; the contiguous class is ``id - 1``.
 - Segmentation polygons are not kept: KGDet uses no masks, and DeepFashion2's polygons would
   double the parse time and the file size. Dataset dicts therefore have no ``segmentation``.
@@ -98,7 +100,8 @@ class CompactAnnotations:
     Annotation columns (A garments, grouped by image): ``annotation_ids`` (A,) int64,
     ``annotation_image_index`` (A,) int64, ``category_ids`` (A,) int32 (json ids, 1-based),
     ``bboxes`` (A, 4) float64 XYWH, ``bbox_is_integer`` (A,) uint8 (1: the json wrote the box
-    as 4 integers; dataset dicts then give ints, as ``load_coco_json`` does), ``areas`` (A,) float64, ``iscrowd`` (A,) uint8,
+    as 4 integers; dataset dicts then give ints, as ``load_coco_json`` does), ``areas`` (A,)
+    float64, ``iscrowd`` (A,) uint8,
     ``json_num_keypoints`` (A,) int32 (the json's ``num_keypoints`` field), ``num_labelled``
     (A,) int32 (#(v > 0) over all K slots), ``num_labelled_outside`` (A,) int32 (#(v > 0)
     outside the class block),
