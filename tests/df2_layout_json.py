@@ -9,7 +9,7 @@ polygon. Records are written one at a time, so sizes beyond memory can be produc
 import json
 import numpy as np
 import os
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 from kgdet.data.deepfashion2_meta import (
     DF2_CLASS_NAMES,
@@ -42,6 +42,7 @@ def write_df2_layout_json(
     drop_fields: Sequence[str] = (),
     float_coordinates: bool = False,
     first_image_id: int = 1,
+    image_size: Optional[Tuple[int, int]] = None,
 ) -> int:
     """Write a DeepFashion2-layout json of ``num_images`` images; returns the garment count.
 
@@ -51,6 +52,8 @@ def write_df2_layout_json(
             their class block (what a faulty third-party converter writes).
         drop_fields: annotation fields left out (``area``, ``iscrowd``, ``num_keypoints``).
         float_coordinates: keypoints and boxes with fractional values instead of integers.
+        image_size: (width, height) of every image (default: random, 300..799 pixels), e.g. to
+            link every file name to one placeholder image.
     """
     rng = np.random.default_rng(seed)
     outside = set(outside_block or ())
@@ -60,6 +63,8 @@ def write_df2_layout_json(
         f.write('{"info": {}, "licenses": [], "images": [')
         for i in range(num_images):
             w, h = int(rng.integers(300, 800)), int(rng.integers(300, 800))
+            if image_size is not None:
+                w, h = image_size
             image = {
                 "coco_url": "",
                 "date_captured": "",

@@ -299,3 +299,34 @@ def test_training_losses_are_identical_with_the_previous_loading(df2_demo_dir):
             MetadataCatalog.remove(name)
     assert new == old
     assert all(np.isfinite(v) for step in new for v in step.values())
+
+
+def test_streaming_reader_gives_what_json_load_gives(tmp_path, monkeypatch):
+    from kgdet.data import json_stream
+
+    data = {
+        "info": {"description": "x"},
+        "images": [
+            {"id": 1, "file_name": "a}b{.jpg", "width": 4, "height": 4},
+            {"id": 2, "file_name": 'ü"}.jpg', "width": 4, "height": 4, "extra": float("nan")},
+        ],
+        "annotations": [
+            {"id": 1, "segmentation": {"size": [4, 4], "counts": "ab}"}, "big": 2**70},
+            {"id": 2, "bbox": [1.5, 2e-3, 3, 4]},
+        ]
+        + [{"id": i, "keypoints": [0] * 882} for i in range(3, 3000)],
+        "categories": [],
+    }
+    path = tmp_path / "tricky.json"
+    path.write_text(json.dumps(data))
+    expected = json.loads(path.read_text())
+    for fast in (json_stream.orjson, None):
+        monkeypatch.setattr(json_stream, "orjson", fast)
+        monkeypatch.setattr(json_stream, "_CHUNK_CHARS", 1000)  # records across chunks
+        got = {}
+        for key, index, item in json_stream.iter_top_level(str(path)):
+            if index is None:
+                got[key] = item
+            else:
+                got.setdefault(key, []).append(item)
+        assert json.dumps(got) == json.dumps(expected)
