@@ -456,19 +456,42 @@ def load_json_file(json_file: str) -> Dict:
         raise AnnotationFileError(f"{json_file}: not valid JSON ({e})") from e
 
 
+def _check_through_compact_columns(json_file: str, schema: AnnotationSchema) -> AnnotationCheck:
+    """The same checks by :func:`kgdet.data.load_compact_annotations` (a streaming parse, or
+    its cache): a DeepFashion2 json is never held as Python objects."""
+    from .compact import load_compact_annotations
+
+    compact = load_compact_annotations(json_file, schema=schema, outside_block="count")
+    info = compact.info
+    return AnnotationCheck(
+        json_file=json_file,
+        schema=schema,
+        num_images=compact.num_images,
+        num_annotations=compact.num_annotations,
+        filled=Counter(info.get("filled", {})),
+        without_valid_polygon=int(info.get("without_valid_polygon", 0)),
+        listed_category_ids=tuple(info.get("listed_category_ids", ())),
+    )
+
+
 def check_annotation_file(
     json_file: str, schema: AnnotationSchema, data: Optional[Dict] = None
 ) -> AnnotationCheck:
     """:func:`check_coco_annotations` of a file (parsed unless ``data`` is given), remembered per
-    (path, modification time, size, schema) so a file is read and logged once per process."""
+    (path, modification time, size, schema) so a file is read and logged once per process.
+    A DeepFashion2 file given by path is checked by the compact loader (streaming parse or
+    annotation cache) instead of ``json.load``."""
     json_file = os.fspath(json_file)
     st = os.stat(json_file)
     key = (os.path.abspath(json_file), st.st_mtime, st.st_size, schema)
     if key in _CHECKED and data is None:
         return _CHECKED[key]
-    check = check_coco_annotations(
-        load_json_file(json_file) if data is None else data, json_file, schema
-    )
+    if data is None and schema.dataset == "DeepFashion2" and schema.num_keypoints == 294:
+        check = _check_through_compact_columns(json_file, schema)
+    else:
+        check = check_coco_annotations(
+            load_json_file(json_file) if data is None else data, json_file, schema
+        )
     if key not in _CHECKED:
         check.log()
     _CHECKED[key] = check
