@@ -16,7 +16,10 @@ dataset dicts, Detectron2's ``build_detection_train_loader``), for a side-by-sid
     python tools/benchmark_annotation_loading.py --json J --image-root R --prepare-images
 
 ``--prepare-images`` fills ``--image-root`` with links to one gray JPEG per image size of the
-json (for generated jsons without images) and exits.
+json (for generated jsons without images) and exits. ``--shared-by N`` starts N processes that
+load the json's cache and read every column, and prints, while all are alive, each one's
+resident (Rss) and proportional (Pss) share of the cache mapping and the private memory the
+loading added: what N ranks of one launch cost.
 """
 
 import argparse
@@ -90,19 +93,73 @@ def _prepare_images(json_file: str, image_root: str) -> None:
     print(f"{image_root}: links to {len(made)} placeholder image(s)")
 
 
+def _cache_mapping_mib():
+    """(Rss, Pss) in MiB of this process's mappings of annotation cache files."""
+    rss = pss = 0
+    inside = False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            first = line.split(maxsplit=1)[0]
+            if not first.endswith(":"):  # a mapping's header line
+                inside = line.rstrip().endswith(".kgdet-annotations")
+            elif inside and first == "Rss:":
+                rss += int(line.split()[1])
+            elif inside and first == "Pss:":
+                pss += int(line.split()[1])
+    return rss / 1024, pss / 1024
+
+
+def _shared_child(json_file, cache_dir, barrier, queue) -> None:
+    import numpy as np
+
+    before = _resident_gib("RssAnon")
+    compact = load_compact_annotations(json_file, cache_dir=cache_dir)
+    for column in compact.arrays.values():
+        np.asarray(column).sum()  # touch every page
+    barrier.wait()
+    rss, pss = _cache_mapping_mib()
+    queue.put((os.getpid(), rss, pss, (_resident_gib("RssAnon") - before) * 1024))
+    barrier.wait()
+
+
+def _shared_by(json_file: str, cache_dir, n: int) -> None:
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    barrier, queue = ctx.Barrier(n), ctx.Queue()
+    procs = [
+        ctx.Process(target=_shared_child, args=(json_file, cache_dir, barrier, queue))
+        for _ in range(n)
+    ]
+    for p in procs:
+        p.start()
+    for _ in procs:
+        pid, rss, pss, private = queue.get()
+        print(
+            f"process {pid}: cache mapping Rss {rss:.1f} MiB, Pss {pss:.1f} MiB; private "
+            f"memory added by loading {private:.1f} MiB"
+        )
+    for p in procs:
+        p.join()
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", required=True)
-    parser.add_argument("--image-root", required=True)
+    parser.add_argument("--image-root", default="")
     parser.add_argument("--config-file", default="configs/kgdet_R50.yaml")
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--no-cache", action="store_true")
     parser.add_argument("--previous", action="store_true", help="the loading before the columns")
     parser.add_argument("--workers", type=int, default=0, help="DATALOADER.NUM_WORKERS")
     parser.add_argument("--prepare-images", action="store_true")
+    parser.add_argument("--shared-by", type=int, default=0, metavar="N")
     args = parser.parse_args(argv)
     if args.prepare_images:
         _prepare_images(args.json, args.image_root)
+        return
+    if args.shared_by:
+        _shared_by(args.json, args.cache_dir, args.shared_by)
         return
 
     if args.previous:
