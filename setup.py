@@ -35,6 +35,7 @@ setup(
         # Detectron2 itself is a prerequisite installed as Detectron2 documents it.
         "fvcore>=0.1.5,<0.1.6",
         "pycocotools>=2.0.2",
+        "orjson",  # fast decoding of annotation json records (kgdet.data.json_stream)
         "numpy",
         "opencv-python-headless",
         "tqdm",

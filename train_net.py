@@ -29,13 +29,12 @@ cli.filter_third_party_warnings(replay=_import_warnings)
 import detectron2.engine.defaults as d2_defaults
 import detectron2.utils.comm as comm
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.data import build_detection_train_loader
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, hooks, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils.logger import setup_logger
 
 from kgdet import get_kgdet_cfg  # importing kgdet registers the model, backbone and datasets
-from kgdet.data import KGDetDatasetMapper, build_kgdet_test_loader
+from kgdet.data import KGDetDatasetMapper, build_kgdet_test_loader, build_kgdet_train_loader
 from kgdet.evaluation import build_kgdet_evaluator, check_oks_sigmas_config
 from kgdet.solver import build_optimizer
 from kgdet.tta import KGDetWithTTA
@@ -69,7 +68,8 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_detection_train_loader(cfg, mapper=KGDetDatasetMapper(cfg, is_train=True))
+        # DeepFashion2 annotations stay memory-mapped (shared by all ranks and workers).
+        return build_kgdet_train_loader(cfg, mapper=KGDetDatasetMapper(cfg, is_train=True))
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):

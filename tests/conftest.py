@@ -43,6 +43,18 @@ def df2_demo_dir() -> Path:
     return require_df2_demo()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _annotation_cache_dir(tmp_path_factory):
+    """Annotation caches of the tests' jsons go to a temporary folder, not ~/.cache/kgdet."""
+    old = os.environ.get("KGDET_CACHE")
+    os.environ["KGDET_CACHE"] = str(tmp_path_factory.mktemp("kgdet_cache"))
+    yield
+    if old is None:
+        os.environ.pop("KGDET_CACHE", None)
+    else:
+        os.environ["KGDET_CACHE"] = old
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     torch.manual_seed(0)

@@ -1,4 +1,11 @@
-"""``build_kgdet_test_loader``: Detectron2's test loader that leaves skipped images out.
+"""KGDet's data loaders: Detectron2's, on lazy DeepFashion2 dataset dicts.
+
+``build_kgdet_train_loader`` is ``build_detection_train_loader`` on
+:func:`kgdet.data.compact_dicts.get_kgdet_dataset_dicts`: a DeepFashion2 training set stays a
+memory-mapped :class:`~kgdet.data.compact_dicts.CompactDatasetDicts` (Detectron2 would copy
+every record into a list and pickle it per rank), so its annotations exist once per machine.
+
+``build_kgdet_test_loader`` is Detectron2's test loader that leaves skipped images out.
 
 Detectron2's ``MapDataset`` answers a mapper that returns None (an image
 :class:`~kgdet.data.KGDetDatasetMapper` cannot read) with a *random other* image. That is what
@@ -11,10 +18,12 @@ import logging
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 import torch.utils.data as torchdata
 
-from detectron2.data import build_detection_test_loader, get_detection_dataset_dicts
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.data.samplers import InferenceSampler
 
-__all__ = ["build_kgdet_test_loader", "SkippingDataLoader"]
+from .compact_dicts import get_kgdet_dataset_dicts
+
+__all__ = ["build_kgdet_train_loader", "build_kgdet_test_loader", "SkippingDataLoader"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +80,7 @@ def build_kgdet_test_loader(
     """Detectron2's ``build_detection_test_loader`` for ``dataset_name`` (InferenceSampler,
     batch size 1, ``cfg.DATALOADER.NUM_WORKERS``) where a mapper returning None skips the
     image instead of replacing it; see the module docstring."""
-    dicts = get_detection_dataset_dicts([dataset_name], filter_empty=False)
+    dicts = get_kgdet_dataset_dicts([dataset_name], filter_empty=False)
     dataset = _MapOnce(dicts, mapper)
     loader = build_detection_test_loader(
         dataset=dataset,
@@ -80,3 +89,18 @@ def build_kgdet_test_loader(
         num_workers=cfg.DATALOADER.NUM_WORKERS,
     )
     return SkippingDataLoader(loader, dataset_name)
+
+
+def build_kgdet_train_loader(cfg, mapper: Callable[[Dict], Optional[Dict]]) -> torchdata.DataLoader:
+    """Detectron2's ``build_detection_train_loader(cfg, mapper=mapper)`` with the datasets of
+    ``cfg.DATASETS.TRAIN`` read by :func:`~kgdet.data.compact_dicts.get_kgdet_dataset_dicts`
+    (same filters and config keys as Detectron2's ``_train_loader_from_config``)."""
+    dataset = get_kgdet_dataset_dicts(
+        cfg.DATASETS.TRAIN,
+        filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+        min_keypoints=(
+            cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0
+        ),
+        proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
+    )
+    return build_detection_train_loader(cfg, mapper=mapper, dataset=dataset)

@@ -14,12 +14,9 @@ import pycocotools.mask as mask_util
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
-from .deepfashion2_meta import (
-    DF2_CLASS_NAMES,
-    DF2_NUM_KEYPOINTS,
-    DF2_RAW_CATEGORY_NAMES,
-    get_deepfashion2_metadata,
-)
+from .compact import DEEPFASHION2_SCHEMA, load_compact_annotations
+from .compact_dicts import CompactDatasetDicts
+from .deepfashion2_meta import get_deepfashion2_metadata
 from .fld_meta import FLD_CLASS_NAMES, FLD_NUM_KEYPOINTS, get_fld_metadata
 from .validation import AnnotationSchema, check_annotation_file, has_valid_polygon, load_json_file
 
@@ -41,12 +38,6 @@ PathLike = Union[str, "os.PathLike[str]"]
 # Per-annotation keys of our FLD json kept in the dataset dicts (the team's FLD contract).
 FLD_EXTRA_ANNOTATION_KEYS = ["fld_visibility", "variation_type"]
 
-DEEPFASHION2_SCHEMA = AnnotationSchema(
-    "DeepFashion2",
-    tuple(DF2_CLASS_NAMES),
-    tuple((n,) for n in DF2_RAW_CATEGORY_NAMES),
-    DF2_NUM_KEYPOINTS,
-)
 FLD_SCHEMA = AnnotationSchema("FLD", tuple(FLD_CLASS_NAMES), (), FLD_NUM_KEYPOINTS)
 
 
@@ -115,17 +106,31 @@ def _load_checked_json(
 
 
 def load_deepfashion2_json(
-    json_file: PathLike, image_root: PathLike, dataset_name: Optional[str] = None
-) -> List[Dict[str, Any]]:
-    """Load a DeepFashion2 COCO-style json (official converter format or another tool's) into
-    dataset dicts, after :func:`kgdet.data.validation.check_coco_annotations` (missing
-    ``area`` / ``iscrowd`` / ``num_keypoints`` are filled and logged; subset or raw-name category
-    lists are accepted when the ids are official; problems raise ``AnnotationFileError`` naming
-    the file, record and field). Every annotation must carry all 294 keypoint slots (882
-    values). ``dataset_name`` is accepted for ``load_coco_json`` compatibility; the metadata is
-    the official one set at registration.
+    json_file: PathLike,
+    image_root: PathLike,
+    dataset_name: Optional[str] = None,
+    *,
+    cache_dir: Optional[PathLike] = None,
+) -> CompactDatasetDicts:
+    """Load a DeepFashion2 COCO-style json (official converter format or another tool's) as
+    lazy dataset dicts (:class:`kgdet.data.compact_dicts.CompactDatasetDicts`, a ``Sequence``
+    of the dicts ``load_coco_json`` makes, without ``segmentation``).
+
+    The json is read by :func:`kgdet.data.load_compact_annotations`: parsed once in a
+    streaming pass and checked record by record as
+    :func:`kgdet.data.validation.check_coco_annotations` does (missing ``area`` / ``iscrowd``
+    / ``num_keypoints`` are filled and logged; subset or raw-name category lists are accepted
+    when the ids are official; problems raise ``AnnotationFileError`` naming the file, record
+    and field), then memory-mapped from its cache (``$KGDET_CACHE``, see
+    :mod:`kgdet.data.compact_cache`). Every annotation must carry all 294 keypoint slots (882
+    values); labelled keypoints outside a garment's class block raise
+    :class:`kgdet.data.OutsideClassBlockError`. ``dataset_name`` is accepted for
+    ``load_coco_json`` compatibility; the metadata is the official one set at registration.
     """
-    return _load_checked_json(json_file, image_root, DEEPFASHION2_SCHEMA)
+    json_file, image_root = os.fspath(json_file), os.fspath(image_root)
+    compact = load_compact_annotations(json_file, schema=DEEPFASHION2_SCHEMA, cache_dir=cache_dir)
+    logger.info(f"Loaded {compact.num_images} images in COCO format from {json_file}")
+    return CompactDatasetDicts(compact, image_root)
 
 
 def load_fld_json(

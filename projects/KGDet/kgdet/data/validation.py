@@ -41,6 +41,9 @@ __all__ = [
     "load_json_file",
     "official_categories",
     "has_valid_polygon",
+    "check_image_record",
+    "check_annotation_record",
+    "all_finite_numbers",
 ]
 
 logger = logging.getLogger(__name__)
@@ -228,30 +231,30 @@ def _check_categories(data: Dict, schema: AnnotationSchema, problems: _Problems)
     return tuple(ids)
 
 
-def _check_images(data: Dict, problems: _Problems) -> Dict[Any, str]:
-    images = data.get("images")
-    if not isinstance(images, list):
-        problems.add("images", f"got {_short(images)}; expected a list of image records")
-        return {}
-    files: Dict[Any, List[str]] = {}
-    for i, img in enumerate(images):
-        if not isinstance(img, dict):
-            problems.add("images", f"record {i}: got {_short(img)}; expected an object")
-            continue
-        iid = img.get("id")
-        if not _is_int(iid):
-            problems.add("images", f"record {i}, field 'id': got {_short(iid)}; expected an int")
-            continue
-        if not isinstance(img.get("file_name"), str):
-            problems.add("images", f"record {i} (id {iid}), field 'file_name': missing or not str")
-        for key in ("width", "height"):
-            if not _is_int(img.get(key)) or img[key] <= 0:
-                problems.add(
-                    "images",
-                    f"record {i} (id {iid}), field '{key}': got {_short(img.get(key))}; "
-                    "expected a positive int",
-                )
-        files.setdefault(iid, []).append(str(img.get("file_name")))
+def check_image_record(index: int, img: Any, problems: "_Problems") -> Optional[int]:
+    """Check one ``images`` record (position ``index``); returns its id, or None when the
+    record has no integer id (then it cannot be referenced). Problems go to ``problems``."""
+    if not isinstance(img, dict):
+        problems.add("images", f"record {index}: got {_short(img)}; expected an object")
+        return None
+    iid = img.get("id")
+    if not _is_int(iid):
+        problems.add("images", f"record {index}, field 'id': got {_short(iid)}; expected an int")
+        return None
+    if not isinstance(img.get("file_name"), str):
+        problems.add("images", f"record {index} (id {iid}), field 'file_name': missing or not str")
+    for key in ("width", "height"):
+        if not _is_int(img.get(key)) or img[key] <= 0:
+            problems.add(
+                "images",
+                f"record {index} (id {iid}), field '{key}': got {_short(img.get(key))}; "
+                "expected a positive int",
+            )
+    return iid
+
+
+def report_duplicate_image_ids(files: Dict[Any, List[str]], problems: "_Problems") -> None:
+    """One problem naming the ids used by several image records (``files``: id -> names)."""
     clashes = {i: f for i, f in files.items() if len(f) > 1}
     if clashes:
         examples = "; ".join(f"id {i}: {' and '.join(f[:3])}" for i, f in list(clashes.items())[:3])
@@ -260,7 +263,134 @@ def _check_images(data: Dict, problems: _Problems) -> Dict[Any, str]:
             f"{len(clashes)} image id(s) are used by more than one image ({examples}); ids taken "
             "from file names that are numbered per folder collide: give every image its own id",
         )
+
+
+def _check_images(data: Dict, problems: _Problems) -> Dict[Any, str]:
+    images = data.get("images")
+    if not isinstance(images, list):
+        problems.add("images", f"got {_short(images)}; expected a list of image records")
+        return {}
+    files: Dict[Any, List[str]] = {}
+    for i, img in enumerate(images):
+        iid = check_image_record(i, img, problems)
+        if iid is not None:
+            files.setdefault(iid, []).append(str(img.get("file_name")))
+    report_duplicate_image_ids(files, problems)
     return {i: f[0] for i, f in files.items()}
+
+
+def all_finite_numbers(values: Sequence[Any]) -> bool:
+    """True iff every value is a finite int or float (a JSON ``true`` / ``false`` counts as
+    1 / 0 when the others are numbers: the check runs at C speed on 882-value lists)."""
+    try:
+        total = sum(values, 0.0)
+    except TypeError:
+        return False
+    if math.isfinite(total):
+        return True
+    return all(_finite(v) for v in values)  # overflow of the sum, or a NaN / infinity
+
+
+def check_annotation_record(
+    index: int,
+    ann: Any,
+    problems: "_Problems",
+    num_keypoints: int,
+    *,
+    image_ids: Optional[Any] = None,
+    category_ids: Optional[Any] = None,
+    seen_ids: Optional[Dict[Any, int]] = None,
+    check: Optional["AnnotationCheck"] = None,
+    fill: bool = True,
+) -> Tuple[bool, bool]:
+    """Check (and with ``fill``, complete in place) one ``annotations`` record.
+
+    Args:
+        index: position of the record in ``annotations`` (used in messages).
+        num_keypoints: K; the record must carry 3 x K finite keypoint values (0: not checked).
+        image_ids / category_ids: containers of the listed ids, or None to leave the
+            ``image_id`` / ``category_id`` check to the caller (a streaming reader that has
+            not seen the images or categories yet).
+        seen_ids: annotation id -> index of the records so far (duplicates are problems);
+            updated. None: not checked.
+        check: receives the counts of filled fields and of garments without a valid polygon.
+
+    Returns:
+        (box_ok, keypoints_ok): whether ``bbox`` and ``keypoints`` passed.
+    """
+    if not isinstance(ann, dict):
+        problems.add("annotations", f"annotation {index}: got {_short(ann)}; expected an object")
+        return False, False
+    aid = ann.get("id")
+
+    def where() -> str:
+        return f"annotation {index} (id {_short(aid)})"
+
+    if not _is_int(aid):
+        problems.add("annotation ids", f"{where()}, field 'id': missing or not an int")
+    elif seen_ids is not None:
+        if aid in seen_ids:
+            problems.add("annotation ids", f"{where()}: id also used by annotation {seen_ids[aid]}")
+        else:
+            seen_ids[aid] = index
+    if image_ids is not None and ann.get("image_id") not in image_ids:
+        problems.add(
+            "image_id",
+            f"{where()}, field 'image_id': got {_short(ann.get('image_id'))}; expected the id "
+            "of a listed image",
+        )
+    if category_ids is not None and ann.get("category_id") not in category_ids:
+        problems.add(
+            "category_id",
+            f"{where()}, field 'category_id': got {_short(ann.get('category_id'))}; expected "
+            f"one of the listed categories {sorted(category_ids)}",
+        )
+    bbox = ann.get("bbox")
+    box_ok = isinstance(bbox, list) and len(bbox) == 4 and all(map(_finite, bbox))
+    if not box_ok or bbox[2] < 0 or bbox[3] < 0:
+        problems.add(
+            "bbox",
+            f"{where()}, field 'bbox': got {_short(bbox)}; expected [x, y, w, h] of 4 finite "
+            "numbers with w, h >= 0",
+        )
+        box_ok = False
+    k = num_keypoints
+    kps = ann.get("keypoints")
+    kps_ok = False
+    if k:
+        if not isinstance(kps, list) or len(kps) != 3 * k:
+            got = f"{len(kps)} values" if isinstance(kps, list) else _short(kps)
+            problems.add(
+                "keypoints",
+                f"{where()}, field 'keypoints': got {got}; expected 3 x {k} = {3 * k} values "
+                "(all global slots)",
+            )
+        elif not all_finite_numbers(kps):
+            problems.add("keypoints", f"{where()}, field 'keypoints': non-finite or non-number")
+        else:
+            kps_ok = True
+    for key, ok in (
+        ("area", lambda v: _finite(v) and v >= 0),
+        ("iscrowd", lambda v: v in (0, 1) and not isinstance(v, float)),
+        ("num_keypoints", lambda v: _is_int(v) and v >= 0),
+    ):
+        if key in ann and not ok(ann[key]):
+            problems.add(key, f"{where()}, field '{key}': got {_short(ann[key])}")
+    if fill:
+        filled = check.filled if check is not None else Counter()
+        if "area" not in ann and box_ok:
+            ann["area"] = float(bbox[2]) * float(bbox[3])
+            filled["area"] += 1
+        if "iscrowd" not in ann:
+            ann["iscrowd"] = 0
+            filled["iscrowd"] += 1
+        if "num_keypoints" not in ann and (kps_ok or not k):
+            vis = kps[2::3] if isinstance(kps, list) else []
+            ann["num_keypoints"] = sum(1 for v in vis if v > 0)
+            filled["num_keypoints"] += 1
+    if check is not None and "segmentation" in ann and not has_valid_polygon(ann["segmentation"]):
+        check.without_valid_polygon += 1
+    return box_ok, kps_ok
 
 
 def check_coco_annotations(
@@ -293,76 +423,19 @@ def check_coco_annotations(
         problems.add("annotations", f"got {_short(annotations)}; expected a list")
         annotations = []
     listed = set(check.listed_category_ids)
-    k = schema.num_keypoints
     seen_ids: Dict[Any, int] = {}
     for i, ann in enumerate(annotations):
-        where = f"annotation {i}"
-        if not isinstance(ann, dict):
-            problems.add("annotations", f"{where}: got {_short(ann)}; expected an object")
-            continue
-        aid = ann.get("id")
-        where = f"annotation {i} (id {_short(aid)})"
-        if not _is_int(aid):
-            problems.add("annotation ids", f"{where}, field 'id': missing or not an int")
-        elif aid in seen_ids:
-            problems.add("annotation ids", f"{where}: id also used by annotation {seen_ids[aid]}")
-        else:
-            seen_ids[aid] = i
-        if ann.get("image_id") not in image_files:
-            problems.add(
-                "image_id",
-                f"{where}, field 'image_id': got {_short(ann.get('image_id'))}; expected the id "
-                "of a listed image",
-            )
-        if ann.get("category_id") not in listed:
-            problems.add(
-                "category_id",
-                f"{where}, field 'category_id': got {_short(ann.get('category_id'))}; expected "
-                f"one of the listed categories {sorted(listed)}",
-            )
-        bbox = ann.get("bbox")
-        box_ok = isinstance(bbox, list) and len(bbox) == 4 and all(_finite(v) for v in bbox)
-        if not box_ok or bbox[2] < 0 or bbox[3] < 0:
-            problems.add(
-                "bbox",
-                f"{where}, field 'bbox': got {_short(bbox)}; expected [x, y, w, h] of 4 finite "
-                "numbers with w, h >= 0",
-            )
-            box_ok = False
-        kps = ann.get("keypoints")
-        kps_ok = False
-        if k:
-            if not isinstance(kps, list) or len(kps) != 3 * k:
-                got = f"{len(kps)} values" if isinstance(kps, list) else _short(kps)
-                problems.add(
-                    "keypoints",
-                    f"{where}, field 'keypoints': got {got}; expected 3 x {k} = {3 * k} values "
-                    "(all global slots)",
-                )
-            elif not all(_finite(v) for v in kps):
-                problems.add("keypoints", f"{where}, field 'keypoints': non-finite or non-number")
-            else:
-                kps_ok = True
-        for key, ok in (
-            ("area", lambda v: _finite(v) and v >= 0),
-            ("iscrowd", lambda v: v in (0, 1) and not isinstance(v, float)),
-            ("num_keypoints", lambda v: _is_int(v) and v >= 0),
-        ):
-            if key in ann and not ok(ann[key]):
-                problems.add(key, f"{where}, field '{key}': got {_short(ann[key])}")
-        if fill:
-            if "area" not in ann and box_ok:
-                ann["area"] = float(bbox[2]) * float(bbox[3])
-                check.filled["area"] += 1
-            if "iscrowd" not in ann:
-                ann["iscrowd"] = 0
-                check.filled["iscrowd"] += 1
-            if "num_keypoints" not in ann and (kps_ok or not k):
-                vis = kps[2::3] if isinstance(kps, list) else []
-                ann["num_keypoints"] = sum(1 for v in vis if v > 0)
-                check.filled["num_keypoints"] += 1
-        if "segmentation" in ann and not has_valid_polygon(ann["segmentation"]):
-            check.without_valid_polygon += 1
+        check_annotation_record(
+            i,
+            ann,
+            problems,
+            schema.num_keypoints,
+            image_ids=image_files,
+            category_ids=listed,
+            seen_ids=seen_ids,
+            check=check,
+            fill=fill,
+        )
     problems.raise_if_any()
     check.num_images = len(image_files)
     check.num_annotations = len(annotations)
@@ -383,19 +456,42 @@ def load_json_file(json_file: str) -> Dict:
         raise AnnotationFileError(f"{json_file}: not valid JSON ({e})") from e
 
 
+def _check_through_compact_columns(json_file: str, schema: AnnotationSchema) -> AnnotationCheck:
+    """The same checks by :func:`kgdet.data.load_compact_annotations` (a streaming parse, or
+    its cache): a DeepFashion2 json is never held as Python objects."""
+    from .compact import load_compact_annotations
+
+    compact = load_compact_annotations(json_file, schema=schema, outside_block="count")
+    info = compact.info
+    return AnnotationCheck(
+        json_file=json_file,
+        schema=schema,
+        num_images=compact.num_images,
+        num_annotations=compact.num_annotations,
+        filled=Counter(info.get("filled", {})),
+        without_valid_polygon=int(info.get("without_valid_polygon", 0)),
+        listed_category_ids=tuple(info.get("listed_category_ids", ())),
+    )
+
+
 def check_annotation_file(
     json_file: str, schema: AnnotationSchema, data: Optional[Dict] = None
 ) -> AnnotationCheck:
     """:func:`check_coco_annotations` of a file (parsed unless ``data`` is given), remembered per
-    (path, modification time, size, schema) so a file is read and logged once per process."""
+    (path, modification time, size, schema) so a file is read and logged once per process.
+    A DeepFashion2 file given by path is checked by the compact loader (streaming parse or
+    annotation cache) instead of ``json.load``."""
     json_file = os.fspath(json_file)
     st = os.stat(json_file)
     key = (os.path.abspath(json_file), st.st_mtime, st.st_size, schema)
     if key in _CHECKED and data is None:
         return _CHECKED[key]
-    check = check_coco_annotations(
-        load_json_file(json_file) if data is None else data, json_file, schema
-    )
+    if data is None and schema.dataset == "DeepFashion2" and schema.num_keypoints == 294:
+        check = _check_through_compact_columns(json_file, schema)
+    else:
+        check = check_coco_annotations(
+            load_json_file(json_file) if data is None else data, json_file, schema
+        )
     if key not in _CHECKED:
         check.log()
     _CHECKED[key] = check
