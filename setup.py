@@ -31,7 +31,7 @@ setup(
     packages=_packages(),
     package_dir=_package_dir(),
     install_requires=[
-        # torch / torchvision are pinned in requirements.txt (served from this machine's disk);
+        # torch / torchvision: the tested versions are pinned in requirements.txt;
         # Detectron2 itself is a prerequisite installed as Detectron2 documents it.
         "fvcore>=0.1.5,<0.1.6",
         "pycocotools>=2.0.2",

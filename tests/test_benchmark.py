@@ -56,3 +56,15 @@ def test_summarize_uses_measurement_statistics():
     assert stats["mean_ms"] == pytest.approx(40.0)
     assert (stats["min_ms"], stats["max_ms"], stats["runs"]) == (10.0, 100.0, 4)
     assert stats["iqr_ms"] == pytest.approx(30.0)  # quartiles 17.5 and 47.5
+
+
+def test_report_prints_measured_ratios_and_the_paper_figure():
+    """The saved report re-formats to measured figures and ratios, with no pass/fail wording."""
+    from kgdet.benchmark import format_report
+
+    report = json.loads((REPO / "docs" / "benchmark" / "benchmark_kgdet_R50.json").read_text())
+    text = format_report(report)
+    assert "KGDet / RetinaNet inference latency: 0.80 (ratio of minima 0.81)" in text
+    assert "KGDet GFLOPs, full FPN, DCNs excluded: 107.10 vs paper 107.50 (-0.4%)" in text
+    for word in ("meets", "MISSES", "target"):
+        assert word not in text

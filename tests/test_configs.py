@@ -86,7 +86,7 @@ def test_config_builds_and_trains_one_step(name):
 
 
 def test_untrained_kgdet_r50_detects_with_294_keypoints(df2_demo_dir):
-    """Acceptance: SCORE_THRESH_TEST 0 on a demo image gives N > 0 detections with (N, 294, 3)
+    """SCORE_THRESH_TEST 0 on a demo image gives N > 0 detections with (N, 294, 3)
     keypoints whose scores are zero outside each detection's class block."""
     from detectron2.data import MetadataCatalog
     from detectron2.engine import DefaultPredictor
