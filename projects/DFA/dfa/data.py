@@ -245,9 +245,7 @@ class DFAImageMapper:
 
     def __call__(self, dataset_dict: Dict) -> Dict:
         record = copy.copy(dataset_dict)
-        image = np.ascontiguousarray(
-            read_image(record["file_name"], format=self.image_format)
-        )
+        image = np.ascontiguousarray(read_image(record["file_name"], format=self.image_format))
         utils.check_image_size(record, image)
         boxes, classes = [], []
         for annotation in record.get("annotations", []):

@@ -50,6 +50,7 @@ import tempfile
 from typing import Any, Dict, List, Optional, Tuple
 from tqdm import tqdm
 
+from ..validators import short_repr as _short
 from .conversion import (
     ConversionReport,
     ConversionSummary,
@@ -60,7 +61,6 @@ from .conversion import (
     is_number,
     report_path_for,
 )
-from ..validators import short_repr as _short
 from .deepfashion2_meta import (
     DF2_CLASS_NAMES,
     DF2_KEYPOINT_NAMES,
