@@ -1,4 +1,4 @@
-"""Ratios, the paper's reference figure and the plain-text (Markdown) table of a benchmark report."""
+"""Ratios, the paper's reference figure and the plain-text (Markdown) benchmark table."""
 
 import json
 import os

@@ -148,7 +148,8 @@ def check_image_file(
             f"{info.describe_orientation()}: Detectron2's read_image turns the stored "
             f"{info.stored_width}x{info.stored_height} pixels into a {info.width}x{info.height} "
             "image that the annotations (stored frame) do not describe; expected no orientation "
-            "tag or 1 (remove the tag, e.g. exiftool -Orientation= FILE, to keep the stored pixels)",
+            "tag or 1 (remove the tag, e.g. exiftool -Orientation= FILE, to keep the stored "
+            "pixels)",
             "image skipped",
         )
         return None
