@@ -37,12 +37,16 @@ setup(
         "pycocotools>=2.0.2",
         "numpy",
         "opencv-python-headless",
+        "Pillow",
         "tqdm",
         "scikit-learn",
+        "matplotlib",
+        "tensorboard",
         "setuptools<81",
     ],
     extras_require={
-        "dev": ["pytest", "black", "isort", "matplotlib"],
+        # Tests and the code style checks of .pre-commit-config.yaml / .ci/run.
+        "dev": ["pytest", "black==26.10.1", "isort==9.0.2", "flake8==7.5.0", "pre-commit"],
         # Export to ONNX and serving with ONNX Runtime (kgdet.export, tools/deploy/export_model.py).
         "deploy": ["onnx>=1.14", "onnxruntime>=1.16"],
     },
