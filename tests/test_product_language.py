@@ -20,7 +20,7 @@ PHRASES = [
     r"\bissue #?[0-9]+\b",
     r"\bacceptance( checks?)?s?:",
     r"\bgoal of box\b",
-    r"\btargets? (<=|>=|<|>|within)",
+    r"\btargets? (<=|>=|≤|≥|<|>|within)",
     r"(?-i:: (meets|MISSES)\b)",
     r"\bfit the session\b",
     r"\bthis machine'?s?\b",
@@ -79,6 +79,7 @@ def test_the_phrase_list_matches_what_it_should():
         "far from the goal of box AP 60",
         "(target <= 0.80: meets)",
         "served from this machine's disk",
+        "0.51 (target ≤ 0.70)",
         "an earlier session measured",
     ):
         assert find_process_language(text), text
