@@ -17,6 +17,7 @@ from kgdet.benchmark import summarize
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_benchmark_reports_all_models_and_ratios(tmp_path):
     out = tmp_path / "bench.json"
     cmd = [

@@ -106,6 +106,7 @@ def test_only_the_listed_third_party_warnings_are_filtered():
          "did you mean SOLVER.MAX_ITER?"),
     ],
 )  # fmt: skip
+@pytest.mark.slow
 def test_train_net_errors_are_one_line_with_status_2(args, expected):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(REPO / "projects" / "KGDet"), str(REPO / "projects" / "DFA"),

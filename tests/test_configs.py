@@ -54,6 +54,7 @@ def test_expected_configs_exist():
     assert expected <= set(KGDET_CONFIGS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", KGDET_CONFIGS)
 def test_config_builds_and_trains_one_step(name):
     torch.manual_seed(0)
@@ -85,6 +86,7 @@ def test_config_builds_and_trains_one_step(name):
     assert any(p.grad.abs().sum() > 0 for p in model.head.parameters())
 
 
+@pytest.mark.slow
 def test_untrained_kgdet_r50_detects_with_294_keypoints(df2_demo_dir):
     """SCORE_THRESH_TEST 0 on a demo image gives N > 0 detections with (N, 294, 3)
     keypoints whose scores are zero outside each detection's class block."""

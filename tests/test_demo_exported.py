@@ -13,6 +13,8 @@ from detectron2.modeling import build_model
 from kgdet import get_kgdet_cfg
 from kgdet.export import export_model
 
+pytestmark = pytest.mark.slow  # exports the model and runs demo.py end to end
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO_ROOT / "configs" / "kgdet_synth.yaml")
 

@@ -11,6 +11,8 @@ from detectron2.utils.events import EventStorage
 import kgdet
 from kgdet.data import KGDetDatasetMapper, register_deepfashion2_instances
 
+pytestmark = pytest.mark.slow  # trains on the DeepFashion2 demo images
+
 DATASET = "kgdet_test_demo_set_training"
 
 

@@ -165,6 +165,7 @@ def synthetic_val_images(tmp_path_factory):
     return images
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
 @pytest.mark.parametrize("min_size,max_size", TEST_SIZES)
 def test_parity_on_synthetic_val(exported, synthetic_val_images, fmt, min_size, max_size):
@@ -173,6 +174,7 @@ def test_parity_on_synthetic_val(exported, synthetic_val_images, fmt, min_size, 
     assert total >= 8 * 10, "the test model should detect many garments per image"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
 def test_parity_on_deepfashion2_demo(exported, df2_demo_dir, monkeypatch, fmt):
     _need_backend(fmt)
@@ -183,6 +185,7 @@ def test_parity_on_deepfashion2_demo(exported, df2_demo_dir, monkeypatch, fmt):
         assert _check_parity(exported, fmt, images, min_size, max_size) > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
 def test_graph_outputs_any_size_and_empty(exported, fmt):
     """Raw graph outputs on sizes not divisible by 32, and a threshold nothing passes."""
@@ -211,6 +214,7 @@ def test_graph_outputs_any_size_and_empty(exported, fmt):
         assert torch.allclose(out["pred_keypoints"][..., 2], expected)
 
 
+@pytest.mark.slow
 def test_predictor_threshold_and_errors(exported, tmp_path, synthetic_val_images):
     """A config threshold above the exported one drops the detections below it (the same ones
     the eager model drops); bad paths and files are clear errors."""
@@ -234,6 +238,7 @@ def test_predictor_threshold_and_errors(exported, tmp_path, synthetic_val_images
         ExportedPredictor(bgr_cfg, path)
 
 
+@pytest.mark.slow
 def test_export_inference_matches_eager_model(exported):
     """The traceable inference run eagerly is the model's own inference."""
     model = exported["model"]

@@ -42,6 +42,7 @@ def test_read_metrics_errors(tmp_path):
         read_metrics(str(path))
 
 
+@pytest.mark.slow
 def test_plot_tool_writes_png(tmp_path):
     path = tmp_path / "metrics.json"
     _write_metrics(path)

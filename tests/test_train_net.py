@@ -71,6 +71,7 @@ def trained(tiny_datasets, tmp_path_factory):
     return train_net, out, datasets
 
 
+@pytest.mark.slow
 def test_train_then_evaluate_then_resume(trained):
     train_net, out, datasets = trained
     assert (out / "model_final.pth").exists()
@@ -115,6 +116,7 @@ def test_train_then_evaluate_then_resume(trained):
     assert trainer.start_iter == 2
 
 
+@pytest.mark.slow
 def test_trained_model_loads_in_default_predictor(trained):
     _, out, _ = trained
     cfg = get_cfg()
@@ -187,6 +189,7 @@ def test_solver_adamw_option():
         build_optimizer(cfg, model)
 
 
+@pytest.mark.slow
 def test_two_cpu_processes(tmp_path):
     """``--num-gpus 2`` on CPU: Detectron2's launch with gloo and DDP without unused parameters."""
     env = dict(os.environ)
