@@ -20,7 +20,7 @@ from kgdet.checkpoint import (
     save_converted_checkpoint,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG = str(REPO_ROOT / "configs" / "kgdet_R50.yaml")
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from kgdet.evaluation.learning_curve import plot_learning_curve, read_metrics
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _write_metrics(path: Path) -> None:

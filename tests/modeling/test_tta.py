@@ -18,7 +18,7 @@ from detectron2.structures import Boxes, Instances
 import kgdet
 from kgdet.tta import KGDetWithTTA, fuse_detections, unflip_keypoint_slots
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 # A 4-slot toy layout: 0/1 = top-left/top-right corner, 2/3 = bottom-left/bottom-right.
 TOY_FLIP = [1, 0, 3, 2]
 

@@ -11,8 +11,9 @@ import torch
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
+from builders import make_kgdet_input as make_input
+from builders import tiny_kgdet_cfg as tiny_cfg
 from kgdet.solver import build_optimizer
-from test_meta_arch import make_input, tiny_cfg
 
 
 def _pair():

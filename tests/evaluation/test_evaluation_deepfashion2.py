@@ -26,7 +26,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import Boxes, BoxMode, Instances
 
 import kgdet
-from conftest import df2_demo_path, df2_examples_path, require_df2_demo
+from builders import df2_demo_path, df2_examples_path, require_df2_demo
 from kgdet.data import register_deepfashion2_instances
 from kgdet.data.deepfashion2_meta import DF2_KEYPOINT_OKS_SIGMAS, get_deepfashion2_metadata
 from kgdet.evaluation import (
@@ -36,7 +36,7 @@ from kgdet.evaluation import (
     load_results_json,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEMO = df2_demo_path()
 EXAMPLES = df2_examples_path()
 BOX_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")

@@ -10,7 +10,7 @@ import pytest
 
 from kgdet import ConfigError, cli, get_kgdet_cfg
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SYNTH = str(REPO / "configs" / "kgdet_synth.yaml")
 
 

@@ -15,7 +15,7 @@ from kgdet.export import export_model
 
 pytestmark = pytest.mark.slow  # exports the model and runs demo.py end to end
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG = str(REPO_ROOT / "configs" / "kgdet_synth.yaml")
 
 

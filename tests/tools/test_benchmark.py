@@ -14,7 +14,7 @@ import pytest
 
 from kgdet.benchmark import summarize
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ from kgdet.data import register_fld_instances
 from kgdet.data.convert_fld import convert_fld
 from kgdet.data.deepfashion2_meta import DF2_CLASS_NAMES
 
-FLD_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "fld"
+FLD_FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "fld"
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from kgdet.evaluation.garment_visualizer import (
     merge_coinciding_boxes,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG = str(REPO_ROOT / "configs" / "kgdet_synth.yaml")
 
 

@@ -1,47 +1,24 @@
 """KGDet meta-architecture: training losses, bad input, inference contract, config checks."""
 
 import unittest
-from pathlib import Path
-from typing import List, Optional
+from typing import List
 import torch
 from torch import nn
 
-from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.engine import SimpleTrainer
 from detectron2.modeling import build_model
-from detectron2.structures import Boxes, Instances, Keypoints
 from detectron2.utils.analysis import find_unused_parameters
 from detectron2.utils.events import EventStorage
 
-from kgdet import add_kgdet_config
+from builders import NUM_CLASSES, NUM_KEYPOINTS
+from builders import make_kgdet_input as make_input
+from builders import tiny_kgdet_cfg as tiny_cfg
 from kgdet.modeling import KGDet
 from kgdet.modeling.assigner import CellGrid
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-NUM_CLASSES, NUM_KEYPOINTS = 3, 6
 # Class blocks of the toy layout: class 0 -> slots 0-1, class 1 -> 2-3, class 2 -> 4-5.
 CLASS_SLOTS = [[0, 1], [2, 3], [4, 5]]
-
-
-def tiny_cfg(**kgdet):
-    """KGDet structure (P5, 3 stages, columns 3/5/7) on a ResNet-18 with 64-channel FPN/head."""
-    cfg = get_cfg()
-    add_kgdet_config(cfg)
-    cfg.merge_from_file(str(CONFIGS / "Base-KGDet.yaml"))
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.WEIGHTS = ""
-    cfg.MODEL.RESNETS.DEPTH = 18
-    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
-    cfg.MODEL.FPN.OUT_CHANNELS = 64
-    cfg.MODEL.KGDET.NUM_CLASSES = NUM_CLASSES
-    cfg.MODEL.KGDET.NUM_KEYPOINTS = NUM_KEYPOINTS
-    cfg.MODEL.KGDET.FEAT_CHANNELS = 64
-    cfg.DATASETS.TRAIN = ()
-    cfg.DATASETS.TEST = ()
-    for key, value in kgdet.items():
-        setattr(cfg.MODEL.KGDET, key, value)
-    return cfg
 
 
 def reppoints_overrides(**extra):
@@ -61,37 +38,6 @@ def reppoints_overrides(**extra):
     )
     kw.update(extra)
     return kw
-
-
-def make_input(
-    h: int,
-    w: int,
-    boxes: Optional[List[List[float]]] = None,
-    classes: Optional[List[int]] = None,
-    visible: bool = True,
-    image: Optional[torch.Tensor] = None,
-    num_keypoints: int = NUM_KEYPOINTS,
-):
-    """One mapped training sample: a random image and garments whose keypoints lie in their box
-    (class c owns the c-th third of the slots; all of them labelled if ``visible``)."""
-    inst = Instances((h, w))
-    boxes = boxes or []
-    inst.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
-    inst.gt_classes = torch.tensor(classes or [], dtype=torch.long)
-    if boxes:
-        b = inst.gt_boxes.tensor[:, None, :]
-        rand = torch.rand(len(boxes), num_keypoints, 2)
-        kps = torch.zeros(len(boxes), num_keypoints, 3)
-        kps[..., :2] = b[..., :2] + rand * (b[..., 2:] - b[..., :2])
-        per_class = num_keypoints // NUM_CLASSES
-        if visible:
-            for i, c in enumerate(inst.gt_classes.tolist()):
-                kps[i, c * per_class : (c + 1) * per_class, 2] = 2.0
-                kps[i, c * per_class, 2] = 1.0  # one occluded slot
-        inst.gt_keypoints = Keypoints(kps)
-    if image is None:
-        image = torch.rand(3, h, w) * 255
-    return {"image": image, "instances": inst, "height": h, "width": w}
 
 
 def unused_trainable_parameters(model, batch) -> List[str]:

@@ -13,7 +13,7 @@ from detectron2.structures import BoxMode
 
 import kgdet
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _tool():

@@ -10,6 +10,7 @@ import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import Boxes, BoxMode, Instances
 
+from builders import tiny_dfa_cfg as tiny_cfg
 from dfa import DFAPredictor, refine_detections
 from dfa.evaluation import evaluate_dfa, format_stage_table
 from dfa.landmarks import FLD_CLASS_SLOTS
@@ -23,7 +24,6 @@ from dfa.training import (
     require_stage_artifacts,
     train_all_stages,
 )
-from test_dfa_model import tiny_cfg
 
 NAMES = ("dfa_test_tiny_train", "dfa_test_tiny_val")
 

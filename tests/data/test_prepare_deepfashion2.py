@@ -16,7 +16,7 @@ from kgdet.data.deepfashion2_meta import (
     DF2_RAW_CATEGORY_NAMES,
 )
 
-TESTS_DIR = Path(__file__).resolve().parent
+TESTS_DIR = Path(__file__).resolve().parents[1]
 RAW = TESTS_DIR / "fixtures" / "deepfashion2_raw"
 SCRIPT = TESTS_DIR.parent / "datasets" / "prepare_deepfashion2.py"
 

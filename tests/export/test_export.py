@@ -29,7 +29,7 @@ from kgdet.export import (
 )
 from scipy.optimize import linear_sum_assignment
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG = str(REPO_ROOT / "configs" / "kgdet_synth.yaml")
 EXPORT_SIZE = (256, 320)
 # (MIN_SIZE_TEST, MAX_SIZE_TEST): the predictors resize every image to sizes != EXPORT_SIZE.

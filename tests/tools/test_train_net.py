@@ -18,7 +18,7 @@ import kgdet
 from kgdet.data.synthetic import register_synthetic_dataset
 from kgdet.solver import build_optimizer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TRAIN_SET, VAL_SET = "kgdet_test_train_net_train", "kgdet_test_train_net_val"
 # A small, fast version of configs/kgdet_synth.yaml (same structure, narrower, 128 px).
 TINY_OPTS = [

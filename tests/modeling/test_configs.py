@@ -12,7 +12,7 @@ from detectron2.utils.events import EventStorage
 
 from kgdet import add_kgdet_config
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 KGDET_CONFIGS = sorted(p.name for p in CONFIGS.glob("*.yaml") if not p.name.startswith("dfa_"))
 
 

@@ -15,7 +15,7 @@ from detectron2.modeling import build_model
 
 from kgdet import add_kgdet_config
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 TOLERANCE = 2_000
 EXPECTED = {
     "kgdet_R50.yaml": 59_083_735,

@@ -12,38 +12,15 @@ from detectron2.modeling import build_model
 from detectron2.structures import BoxMode
 from detectron2.utils.events import EventStorage
 
+from builders import DFA_NUM_CLUSTERS
+from builders import tiny_dfa_cfg as tiny_cfg
 from dfa import DFACropMapper, DFAImageMapper, add_dfa_config
 from dfa.data import garment_records
 from dfa.landmarks import FLD_CLASS_SLOTS
 from dfa.network import warm_start_from
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-L, K = 8, 4
-
-
-def tiny_cfg(**overrides):
-    cfg = get_cfg()
-    add_dfa_config(cfg)
-    cfg.MODEL.META_ARCHITECTURE = "DFA"
-    cfg.MODEL.WEIGHTS = ""
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.DATALOADER.NUM_WORKERS = 0
-    d = cfg.MODEL.DFA
-    d.BACKBONE = "SmallCNN"
-    d.SMALL_CNN_CHANNELS = [8, 8]
-    d.FC_DIM = 16
-    d.DROPOUT = 0.0
-    d.CROP_SIZE = 32
-    d.NUM_CLUSTERS = K
-    d.KMEANS_N_INIT = 1
-    cfg.SOLVER.MAX_ITER = 100
-    for key, value in overrides.items():
-        node = cfg
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = getattr(node, p)
-        setattr(node, leaf, value)
-    return cfg
+REPO_ROOT = Path(__file__).resolve().parents[2]
+L, K = 8, DFA_NUM_CLUSTERS
 
 
 def ready(model, stages=(1, 2, 3)):

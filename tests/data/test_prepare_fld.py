@@ -9,7 +9,7 @@ import pytest
 from kgdet.data import load_fld_json
 from kgdet.data.convert_fld import convert_fld
 
-TESTS_DIR = Path(__file__).resolve().parent
+TESTS_DIR = Path(__file__).resolve().parents[1]
 FLD = TESTS_DIR / "fixtures" / "fld"
 SCRIPT = TESTS_DIR.parent / "datasets" / "prepare_fld.py"
 

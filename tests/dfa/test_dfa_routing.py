@@ -23,7 +23,7 @@ from dfa.pseudo_labels import (
     routing_threshold_from_training,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _paper_cfg():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PIL import Image
 
-SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "check_dataset.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "tools" / "check_dataset.py"
 
 
 def _tool():

@@ -7,6 +7,7 @@ import torch
 
 from detectron2.modeling import build_model
 
+from builders import tiny_dfa_cfg as tiny_cfg
 from dfa.landmarks import (
     crop_box,
     crop_pixels_to_normalized,
@@ -16,7 +17,6 @@ from dfa.landmarks import (
     normalized_to_crop_pixels,
 )
 from kgdet.evaluation.fld_metrics import fld_metrics
-from test_dfa_model import tiny_cfg
 
 SLOTS = [[0, 1, 2, 3, 4, 5, 6, 7]]
 

@@ -16,7 +16,7 @@ from kgdet.data import KGDetDatasetMapper, build_kgdet_test_loader, register_dee
 from kgdet.data.deepfashion2_meta import DF2_CLASS_NAMES
 from PIL import Image
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 W, H = 64, 48
 
 

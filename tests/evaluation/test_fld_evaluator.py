@@ -14,7 +14,7 @@ from detectron2.structures import Boxes, BoxMode, Instances
 from kgdet.data.fld_meta import get_fld_metadata
 from kgdet.evaluation import FLDEvaluator, match_detections_to_garments
 
-FIXTURE = Path(__file__).resolve().parent / "fixtures" / "evaluation" / "fld_fixture.json"
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "evaluation" / "fld_fixture.json"
 FLD_TO_COCO_V = {0: 2, 1: 1, 2: 0, -1: 0}
 
 # Box-normalised errors of the fixture (prediction = GT + offsets), per slot and garment:
