@@ -41,6 +41,7 @@ Known problems of the official converter that this script fixes:
 """
 
 import argparse
+import functools
 import sys
 import warnings
 
@@ -57,17 +58,8 @@ def main(argv=None) -> int:
     parser.add_argument("--annos-dir", required=True, help="folder of raw NNNNNN.json files")
     parser.add_argument("--image-dir", required=True, help="folder of the NNNNNN.jpg images")
     args = cli.add_conversion_arguments(parser).parse_args(argv)
-    # The summary is logged; bad records are listed in the report.
-    return cli.run_conversion(
-        "prepare_deepfashion2.py",
-        lambda: convert_deepfashion2(
-            args.annos_dir,
-            args.image_dir,
-            args.output,
-            progress=not args.no_progress,
-            decode=not args.no_decode,
-        ),
-    )
+    convert = functools.partial(convert_deepfashion2, args.annos_dir, args.image_dir)
+    return cli.run_conversion("prepare_deepfashion2.py", args, convert)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ FLD is evaluated with box AP plus NE/PDL, not keypoint AP.
 """
 
 import argparse
+import functools
 import sys
 import warnings
 
@@ -41,17 +42,8 @@ def main(argv=None) -> int:
     parser.add_argument("--root", required=True, help="FLD folder with Anno/, Eval/ and img/")
     parser.add_argument("--split", required=True, choices=FLD_SPLITS)
     args = cli.add_conversion_arguments(parser).parse_args(argv)
-    # The summary is logged; bad records are listed in the report.
-    return cli.run_conversion(
-        "prepare_fld.py",
-        lambda: convert_fld(
-            args.root,
-            args.split,
-            args.output,
-            progress=not args.no_progress,
-            decode=not args.no_decode,
-        ),
-    )
+    convert = functools.partial(convert_fld, args.root, args.split)
+    return cli.run_conversion("prepare_fld.py", args, convert)
 
 
 if __name__ == "__main__":

@@ -123,13 +123,14 @@ def add_conversion_arguments(parser: argparse.ArgumentParser) -> argparse.Argume
     return parser
 
 
-def run_conversion(prog: str, convert: Callable[[], Any]) -> int:
-    """Run a dataset converter with INFO logging; ``OSError`` / ``ValueError`` (unreadable or
-    malformed input) end in ``<prog>: error: <message>`` on stderr and status 1. Bad records do
-    not raise: the converter logs their count and lists them in its report."""
+def run_conversion(prog: str, args: argparse.Namespace, convert: Callable[..., Any]) -> int:
+    """Run ``convert(output, progress=..., decode=...)`` with INFO logging, from the options of
+    :func:`add_conversion_arguments`. ``OSError`` / ``ValueError`` (unreadable or malformed
+    input) end in ``<prog>: error: <message>`` on stderr and status 1. Bad records do not raise:
+    the converter logs their count and lists them in its report."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
-        convert()
+        convert(args.output, progress=not args.no_progress, decode=not args.no_decode)
     except (OSError, ValueError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
