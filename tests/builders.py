@@ -4,8 +4,10 @@ Not a test module: ``tests/`` is on pytest's ``pythonpath`` (setup.cfg), so ever
 import it wherever it lives under ``tests/``. Fixtures built on these are in ``conftest.py``.
 """
 
+import importlib.util
 import os
 from pathlib import Path
+from types import ModuleType
 from typing import List, Optional
 import pytest
 import torch
@@ -42,6 +44,15 @@ def require_df2_demo() -> Path:
             "holding annotations.json and image/ (the 32-image demo subset)"
         )
     return path
+
+
+def load_script(path: Path, name: str) -> ModuleType:
+    """Import a script that is not in a package (``train_net.py``, ``demo.py``, ``tools/*.py``,
+    ``datasets/*.py``) from its file, as module ``name``."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 # The toy KGDet layout of the modelling tests: 3 classes, 6 keypoint slots, 2 per class.

@@ -1,12 +1,12 @@
 """datasets/prepare_deepfashion2.py: official converter semantics, bad inputs, atomic output."""
 
-import importlib.util
 import json
 import os
 import shutil
 from pathlib import Path
 import pytest
 
+from builders import load_script
 from kgdet.data import convert_deepfashion2 as conv
 from kgdet.data import load_deepfashion2_json
 from kgdet.data.convert_deepfashion2 import convert_deepfashion2
@@ -199,9 +199,7 @@ def test_failure_midway_leaves_previous_output_untouched(tmp_path, monkeypatch):
 
 
 def test_script_command_line(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("prepare_deepfashion2", SCRIPT)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script(SCRIPT, "prepare_deepfashion2")
     assert "#56" in script.__doc__ and "#62" in script.__doc__ and "#83" in script.__doc__
     annos, images = _copy_subset(tmp_path, ["000001"])
     out = tmp_path / "cli.json"

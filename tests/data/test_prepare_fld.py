@@ -1,11 +1,11 @@
 """datasets/prepare_fld.py on hand-written fixtures in FLD's raw list formats."""
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
 import pytest
 
+from builders import load_script
 from kgdet.data import load_fld_json
 from kgdet.data.convert_fld import convert_fld
 
@@ -133,9 +133,7 @@ def test_broken_list_file_is_a_clear_error(fld_copy, tmp_path, file_name, lineno
 
 
 def test_missing_list_file_and_script(fld_copy, tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("prepare_fld", SCRIPT)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script(SCRIPT, "prepare_fld")
     out = tmp_path / "fld_val.json"
     argv = ["--root", str(fld_copy), "--split", "val", "--output", str(out), "--no-progress"]
     assert script.main(argv) == 0 and out.exists()

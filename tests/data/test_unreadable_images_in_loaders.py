@@ -1,6 +1,5 @@
 """KGDetDatasetMapper and the test loader: unreadable or EXIF-rotated images skipped and counted."""
 
-import importlib.util
 import itertools
 import json
 import logging
@@ -11,6 +10,7 @@ import pytest
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from builders import load_script
 from kgdet import add_kgdet_config
 from kgdet.data import KGDetDatasetMapper, build_kgdet_test_loader, register_deepfashion2_instances
 from kgdet.data.deepfashion2_meta import DF2_CLASS_NAMES
@@ -90,9 +90,7 @@ def test_mapper_skips_and_counts_naming_the_file(dataset, caplog):
 def test_training_loader_keeps_going_on_good_images(dataset):
     name, cfg = dataset
     cfg.SOLVER.IMS_PER_BATCH = 2
-    spec = importlib.util.spec_from_file_location("train_net", REPO_ROOT / "train_net.py")
-    train_net = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_net)
+    train_net = load_script(REPO_ROOT / "train_net.py", "train_net")
     loader = train_net.Trainer.build_train_loader(cfg)
     batches = list(itertools.islice(loader, 3))
     files = {d["file_name"].split("/")[-1] for b in batches for d in b}

@@ -9,7 +9,6 @@ the same predictions written in the official submission format (docs/DESIGN.md Â
 
 import contextlib
 import copy
-import importlib.util
 import io
 import json
 import logging
@@ -26,7 +25,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import Boxes, BoxMode, Instances
 
 import kgdet
-from builders import df2_demo_path, df2_examples_path, require_df2_demo
+from builders import df2_demo_path, df2_examples_path, load_script, require_df2_demo
 from kgdet.data import register_deepfashion2_instances
 from kgdet.data.deepfashion2_meta import DF2_KEYPOINT_OKS_SIGMAS, get_deepfashion2_metadata
 from kgdet.evaluation import (
@@ -44,9 +43,7 @@ KP_KEYS = ("AP", "AP50", "AP75", "APm", "APl")
 
 
 def _trainer():
-    spec = importlib.util.spec_from_file_location("train_net", REPO_ROOT / "train_net.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(REPO_ROOT / "train_net.py", "train_net")
     return module.Trainer
 
 

@@ -1,6 +1,5 @@
 """``demo.py --exported`` draws and writes what ``demo.py`` with the PyTorch model does."""
 
-import importlib.util
 import json
 import numpy as np
 from pathlib import Path
@@ -10,6 +9,7 @@ import torch
 
 from detectron2.modeling import build_model
 
+from builders import load_script
 from kgdet import get_kgdet_cfg
 from kgdet.export import export_model
 
@@ -20,10 +20,7 @@ CONFIG = str(REPO_ROOT / "configs" / "kgdet_synth.yaml")
 
 
 def _demo():
-    spec = importlib.util.spec_from_file_location("kgdet_demo", REPO_ROOT / "demo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO_ROOT / "demo.py", "kgdet_demo")
 
 
 def _images(directory: Path) -> None:

@@ -1,20 +1,17 @@
 """tools/check_dataset.py: clean data passes, truncated and EXIF-rotated images fail by name."""
 
-import importlib.util
 import json
 import numpy as np
 from pathlib import Path
 
+from builders import load_script
 from PIL import Image
 
 SCRIPT = Path(__file__).resolve().parents[2] / "tools" / "check_dataset.py"
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("check_dataset", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "check_dataset")
 
 
 def _images(folder, kinds):

@@ -1,7 +1,6 @@
 """Official KGDet checkpoint import, on a state dict generated from the official
 architecture description (names and shapes of ShenhanQian/KGDet's released model; no download)."""
 
-import importlib.util
 from pathlib import Path
 import pytest
 import torch
@@ -11,6 +10,7 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 import kgdet
+from builders import load_script
 from kgdet.checkpoint import (
     OfficialCheckpointError,
     convert_official_state_dict,
@@ -26,10 +26,7 @@ CONFIG = str(REPO_ROOT / "configs" / "kgdet_R50.yaml")
 
 def _tool():
     path = REPO_ROOT / "tools" / "convert_official_checkpoint.py"
-    spec = importlib.util.spec_from_file_location("convert_official_checkpoint", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(path, "convert_official_checkpoint")
 
 
 def _official_state_dict():

@@ -1,6 +1,5 @@
 """Predictor demo on synthetic images only (no DeepFashion2 image is used)."""
 
-import importlib.util
 import json
 import numpy as np
 from pathlib import Path
@@ -15,6 +14,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
 import kgdet
+from builders import load_script
 from kgdet.evaluation.garment_visualizer import (
     GarmentVisualizer,
     garment_keypoint_marks,
@@ -26,10 +26,7 @@ CONFIG = str(REPO_ROOT / "configs" / "kgdet_synth.yaml")
 
 
 def _demo():
-    spec = importlib.util.spec_from_file_location("kgdet_demo", REPO_ROOT / "demo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO_ROOT / "demo.py", "kgdet_demo")
 
 
 def _synthetic_image(path: Path, h=64, w=96):

@@ -1,6 +1,5 @@
 """train_net.py end to end on tiny synthetic data, the solver, and DefaultPredictor loading."""
 
-import importlib.util
 import numpy as np
 import os
 import subprocess
@@ -15,6 +14,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import DefaultPredictor, default_argument_parser
 
 import kgdet
+from builders import load_script
 from kgdet.data.synthetic import register_synthetic_dataset
 from kgdet.solver import build_optimizer
 
@@ -38,10 +38,7 @@ TINY_OPTS = [
 
 
 def _load_train_net():
-    spec = importlib.util.spec_from_file_location("kgdet_train_net", REPO / "train_net.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "train_net.py", "kgdet_train_net")
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """Dataset viewer on a tiny synthetic dataset registered as dicts."""
 
-import importlib.util
 import numpy as np
 import uuid
 from pathlib import Path
@@ -12,16 +11,14 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
 import kgdet
+from builders import load_script
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _tool():
     path = REPO_ROOT / "tools" / "visualize_data.py"
-    spec = importlib.util.spec_from_file_location("kgdet_visualize_data", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(path, "kgdet_visualize_data")
 
 
 @pytest.fixture
