@@ -24,6 +24,7 @@ PHRASES = [
     r"(?-i:: (meets|MISSES)\b)",
     r"\bfit the session\b",
     r"\bthis machine'?s?\b",
+    r"\bthe team'?s?\b",
 ]
 PATTERN = re.compile("|".join(f"(?:{p})" for p in PHRASES), re.IGNORECASE)
 
@@ -80,6 +81,7 @@ def test_the_phrase_list_matches_what_it_should():
         "(target <= 0.80: meets)",
         "served from this machine's disk",
         "0.51 (target ≤ 0.70)",
+        "the team's FLD contract",
         "an earlier session measured",
     ):
         assert find_process_language(text), text
