@@ -31,19 +31,23 @@ setup(
     packages=_packages(),
     package_dir=_package_dir(),
     install_requires=[
-        # torch / torchvision are pinned in requirements.txt (served from this machine's disk);
+        # torch / torchvision: the tested versions are pinned in requirements.txt;
         # Detectron2 itself is a prerequisite installed as Detectron2 documents it.
         "fvcore>=0.1.5,<0.1.6",
         "pycocotools>=2.0.2",
         "orjson",  # fast decoding of annotation json records (kgdet.data.json_stream)
         "numpy",
         "opencv-python-headless",
+        "Pillow",
         "tqdm",
         "scikit-learn",
+        "matplotlib",
+        "tensorboard",
         "setuptools<81",
     ],
     extras_require={
-        "dev": ["pytest", "black", "isort", "matplotlib"],
+        # Tests and the code style checks of .pre-commit-config.yaml / .ci/run.
+        "dev": ["pytest", "black==26.10.1", "isort==9.0.2", "flake8==7.5.0", "pre-commit"],
         # Export to ONNX and serving with ONNX Runtime (kgdet.export, tools/deploy/export_model.py).
         # ONNX opset 19 (DeformConv) needs onnx 1.14; ONNX Runtime runs DeformConv from 1.25.0
         # on (1.24.4 fails with NOT_IMPLEMENTED; docs/gpu.md). Install one of the two extras:

@@ -41,7 +41,7 @@ Known problems of the official converter that this script fixes:
 """
 
 import argparse
-import logging
+import functools
 import sys
 import warnings
 
@@ -57,27 +57,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--annos-dir", required=True, help="folder of raw NNNNNN.json files")
     parser.add_argument("--image-dir", required=True, help="folder of the NNNNNN.jpg images")
-    parser.add_argument("--output", required=True, help="COCO-style json to write")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.add_argument(
-        "--no-decode",
-        action="store_true",
-        help="check images by their header only (faster; truncated images are not caught)",
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        convert_deepfashion2(
-            args.annos_dir,
-            args.image_dir,
-            args.output,
-            progress=not args.no_progress,
-            decode=not args.no_decode,
-        )
-    except (OSError, ValueError) as e:
-        print(f"prepare_deepfashion2.py: error: {e}", file=sys.stderr)
-        return 1
-    return 0  # the summary was logged; bad records are listed in the report
+    args = cli.add_conversion_arguments(parser).parse_args(argv)
+    convert = functools.partial(convert_deepfashion2, args.annos_dir, args.image_dir)
+    return cli.run_conversion("prepare_deepfashion2.py", args, convert)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ FLD is evaluated with box AP plus NE/PDL, not keypoint AP.
 """
 
 import argparse
-import logging
+import functools
 import sys
 import warnings
 
@@ -41,27 +41,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--root", required=True, help="FLD folder with Anno/, Eval/ and img/")
     parser.add_argument("--split", required=True, choices=FLD_SPLITS)
-    parser.add_argument("--output", required=True, help="COCO-style json to write")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.add_argument(
-        "--no-decode",
-        action="store_true",
-        help="check images by their header only (faster; truncated images are not caught)",
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        convert_fld(
-            args.root,
-            args.split,
-            args.output,
-            progress=not args.no_progress,
-            decode=not args.no_decode,
-        )
-    except (OSError, ValueError) as e:
-        print(f"prepare_fld.py: error: {e}", file=sys.stderr)
-        return 1
-    return 0  # the summary was logged; bad records are listed in the report
+    args = cli.add_conversion_arguments(parser).parse_args(argv)
+    convert = functools.partial(convert_fld, args.root, args.split)
+    return cli.run_conversion("prepare_fld.py", args, convert)
 
 
 if __name__ == "__main__":

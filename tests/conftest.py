@@ -6,35 +6,11 @@ deepfashion2_demo`` next to the repository. Tests that need it skip, saying what
 is absent; ``python -m pytest tests -q -rs`` lists the reasons.
 """
 
-import os
 from pathlib import Path
 import pytest
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DF2_DEMO_ENV = "KGDET_DF2_DEMO"
-DEFAULT_DF2_DEMO_DIR = REPO_ROOT.parent / "shared" / "data" / "deepfashion2_demo"
-
-
-def df2_demo_path() -> Path:
-    """``$KGDET_DF2_DEMO`` if set, else ``../shared/data/deepfashion2_demo`` (may not exist)."""
-    return Path(os.environ.get(DF2_DEMO_ENV) or DEFAULT_DF2_DEMO_DIR)
-
-
-def df2_examples_path() -> Path:
-    """The official example result files, ``deepfashion2_examples`` beside the demo folder."""
-    return df2_demo_path().parent / "deepfashion2_examples"
-
-
-def require_df2_demo() -> Path:
-    """The demo folder, or skip the calling test with the variable to set."""
-    path = df2_demo_path()
-    if not (path / "annotations.json").exists():
-        pytest.skip(
-            f"DeepFashion2 demo data not found at {path}: set {DF2_DEMO_ENV} to the folder "
-            "holding annotations.json and image/ (the 32-image demo subset)"
-        )
-    return path
+from builders import require_df2_demo
 
 
 @pytest.fixture

@@ -164,6 +164,7 @@ def test_readme_has_snippets_and_commands():
     assert any(cmd in RUN for _, cmd in shell_commands())
 
 
+@pytest.mark.slow
 def test_run_commands_wrote_their_outputs(clone):
     assert (clone / "output" / "kgdet_synth" / "model_final.pth").is_file()
     drawings = sorted((clone / "output" / "kgdet_synth" / "demo").glob("*.jpg"))
@@ -171,6 +172,7 @@ def test_run_commands_wrote_their_outputs(clone):
     assert (clone / "output" / "dfa_synth" / "model_final.pth").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "snippet_id,code", python_snippets(), ids=[i for i, _ in python_snippets()]
 )
@@ -249,6 +251,7 @@ def check_command(command: str) -> List[str]:
     return problems
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "command_id,command", shell_commands(), ids=[i for i, _ in shell_commands()]
 )

@@ -63,7 +63,6 @@ def _onnx_impls(k: int, channels: int, weight: torch.Tensor, threads: int, direc
     """ONNX Runtime sessions of one deformable conv exported as ``DeformConv`` and as the gather
     formulation; returns {name: fn(x, offset, weight)} (the weight is baked into the graph)."""
     import onnxruntime as ort
-
     from kgdet.export.exporter import deform_impl, register_deform_conv_symbolic
     from kgdet.modeling.deform_conv import KGDeformConv
 

@@ -7,7 +7,8 @@
 Each run is ``train_net.py --config-file C OUTPUT_DIR <root>/<config>/seed<S> SEED S`` plus the
 trailing overrides (the same for every run, e.g. ``SOLVER.MAX_ITER 600``). A run whose
 ``metrics.json`` already holds a final evaluation is not repeated, so an interrupted comparison
-resumes (an unfinished run starts again from scratch). ``--parallel N`` runs N trainings at once with ``OMP_NUM_THREADS`` = cores / N each.
+resumes (an unfinished run starts again from scratch). ``--parallel N`` runs N trainings at once
+with ``OMP_NUM_THREADS`` = cores / N each.
 Prints a Markdown table (mean ± sample standard deviation, min–max over the seeds) and writes
 it with every run's value to ``<root>/summary.json``.
 """

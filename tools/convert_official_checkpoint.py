@@ -61,13 +61,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: Sequence[str] = None) -> argparse.Namespace:
     """Options in any order; the remaining ``KEY VALUE`` pairs are config overrides."""
-    parser = get_parser()
-    args, opts = parser.parse_known_args(argv)
-    unknown = [o for o in opts if o.startswith("--")]
-    if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    args.opts = opts
-    return args
+    return cli.parse_args_and_overrides(get_parser(), argv)
 
 
 def setup_cfg(config_file: str, opts: Sequence[str] = ()):

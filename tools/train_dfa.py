@@ -36,6 +36,7 @@ from dfa import add_dfa_config, train_all_stages
 from dfa.evaluation import evaluate_dfa, format_stage_table
 from dfa.training import StaleStageError, final_checkpoint_path, last_consistent_stage
 from kgdet import build_config  # importing kgdet registers the FLD-format datasets
+from kgdet.file_io import atomic_output
 
 logger = logging.getLogger("dfa.train_dfa")
 
@@ -106,10 +107,8 @@ def main(args):
     )
     report = "\n\n".join(tables) + f"\n\nwall time: {timing}\n"
     print(report)
-    tmp = os.path.join(cfg.OUTPUT_DIR, "dfa_results.md.tmp")
-    with open(tmp, "w") as f:
+    with atomic_output(os.path.join(cfg.OUTPUT_DIR, "dfa_results.md")) as f:
         f.write(report)
-    os.replace(tmp, os.path.join(cfg.OUTPUT_DIR, "dfa_results.md"))
     return 0
 
 

@@ -21,6 +21,9 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import get_detection_dataset_dicts
 from detectron2.structures import BoxMode
 
+from kgdet.data.fld_meta import FLD_FLIP_INDICES
+from kgdet.data.image_io import read_image
+
 from .landmarks import (
     FLD_CLASS_SLOTS,
     crop_box,
@@ -42,8 +45,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-FLD_FLIP_INDICES = [1, 0, 3, 2, 5, 4, 7, 6]
 
 
 def class_slots_of(dataset_names: List[str]) -> List[List[int]]:
@@ -119,7 +120,7 @@ class _ImageCache:
         if self.enabled and name in self._images:
             return self._images[name]
         # read_image's BGR channel flip is a strided view: make it contiguous once, not per crop.
-        image = np.ascontiguousarray(utils.read_image(name, format=self.image_format))
+        image = np.ascontiguousarray(read_image(name, format=self.image_format))
         if record.get("height") is not None and record.get("width") is not None:
             utils.check_image_size(record, image)
         if self.enabled:
@@ -244,9 +245,7 @@ class DFAImageMapper:
 
     def __call__(self, dataset_dict: Dict) -> Dict:
         record = copy.copy(dataset_dict)
-        image = np.ascontiguousarray(
-            utils.read_image(record["file_name"], format=self.image_format)
-        )
+        image = np.ascontiguousarray(read_image(record["file_name"], format=self.image_format))
         utils.check_image_size(record, image)
         boxes, classes = [], []
         for annotation in record.get("annotations", []):

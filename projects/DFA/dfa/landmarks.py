@@ -17,6 +17,8 @@ import torch
 
 from detectron2.structures import BoxMode
 
+from kgdet.data.fld_meta import FLD_CLASS_KEYPOINT_SLOTS
+
 __all__ = [
     "FLD_VISIBLE",
     "FLD_OCCLUDED",
@@ -39,7 +41,7 @@ logger = logging.getLogger(__name__)
 FLD_VISIBLE, FLD_OCCLUDED, FLD_TRUNCATED = 0, 1, 2
 # Slots defined per clothing type (Upper, Lower, Whole), docs/DESIGN.md §16.1; used when the dataset
 # metadata has no ``class_keypoint_slots``.
-FLD_CLASS_SLOTS = [[0, 1, 2, 3, 6, 7], [4, 5, 6, 7], [0, 1, 2, 3, 4, 5, 6, 7]]
+FLD_CLASS_SLOTS = FLD_CLASS_KEYPOINT_SLOTS
 # MODEL.DFA.CROP_MODE values: box resized to a square / long side resized + zero padding.
 CROP_MODES = ("stretch", "pad")
 

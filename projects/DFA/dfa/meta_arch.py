@@ -310,7 +310,7 @@ class DFA(nn.Module):
                     entry["routing"][rows] = out["routing"]
         return full
 
-    # ---- training ----------------------------------------------------------------------------------
+    # ---- training --------------------------------------------------------------------------------
     def _check_ready(self, stage: int) -> None:
         for earlier in range(1, stage):
             if not bool(self.stage_trained[earlier - 1]):
@@ -400,7 +400,7 @@ class DFA(nn.Module):
             storage.put_scalar("routing_easy_fraction", easy / routing.numel())
         return losses
 
-    # ---- inference ---------------------------------------------------------------------------------
+    # ---- inference -------------------------------------------------------------------------------
     def _crops_of(self, item: Dict) -> torch.Tensor:
         if "crops" in item:
             return item["crops"]

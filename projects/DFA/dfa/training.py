@@ -518,7 +518,5 @@ def train_all_stages(cfg, stages: Optional[List[int]] = None, resume: bool = Tru
     last = final_checkpoint_path(cfg.OUTPUT_DIR, num_stages)
     if os.path.isfile(last):
         target = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
-        tmp = target + ".tmp"
-        shutil.copyfile(last, tmp)
-        os.replace(tmp, target)
+        write_atomic(target, lambda tmp: shutil.copyfile(last, tmp))
     return model

@@ -17,10 +17,11 @@ as a library changes no warning filter.
 
 import argparse
 import difflib
+import logging
 import os
 import sys
 import warnings
-from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, Type
 
 from detectron2.config import CfgNode
 
@@ -30,13 +31,16 @@ __all__ = [
     "DEBUG_ENV",
     "THIRD_PARTY_WARNINGS",
     "UsageError",
+    "add_conversion_arguments",
     "add_debug_argument",
     "check_datasets",
     "check_input_paths",
     "check_weights",
     "debug_requested",
     "filter_third_party_warnings",
+    "parse_args_and_overrides",
     "pop_debug_flag",
+    "run_conversion",
     "run_main",
 ]
 
@@ -89,6 +93,48 @@ def add_debug_argument(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         help=f"show the full traceback of command-line errors (same as {DEBUG_ENV}=1)",
     )
     return parser
+
+
+def parse_args_and_overrides(
+    parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None
+) -> argparse.Namespace:
+    """Parse options in any order; the remaining ``KEY VALUE`` pairs become ``args.opts``.
+
+    Raises:
+        SystemExit: (argparse's usage error, status 2) for an unknown ``--option``.
+    """
+    args, opts = parser.parse_known_args(argv)
+    unknown = [o for o in opts if o.startswith("--")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.opts = opts
+    return args
+
+
+def add_conversion_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``--output``, ``--no-progress`` and ``--no-decode`` of the dataset converters."""
+    parser.add_argument("--output", required=True, help="COCO-style json to write")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument(
+        "--no-decode",
+        action="store_true",
+        help="check images by their header only (faster; truncated images are not caught)",
+    )
+    return parser
+
+
+def run_conversion(prog: str, args: argparse.Namespace, convert: Callable[..., Any]) -> int:
+    """Run ``convert(output, progress=..., decode=...)`` with INFO logging, from the options of
+    :func:`add_conversion_arguments`. ``OSError`` / ``ValueError`` (unreadable or malformed
+    input) end in ``<prog>: error: <message>`` on stderr and status 1. Bad records do not raise:
+    the converter logs their count and lists them in its report."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        convert(args.output, progress=not args.no_progress, decode=not args.no_decode)
+    except (OSError, ValueError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def pop_debug_flag(opts: List[str]) -> bool:

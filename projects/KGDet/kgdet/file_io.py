@@ -31,7 +31,8 @@ def _publish(tmp: str, path: str) -> None:
 
 
 def write_atomic(path: str, write_fn: Callable[[str], Any]) -> None:
-    """Call ``write_fn(tmp_path)`` on a temporary path next to ``path``, then rename it to ``path``."""
+    """Call ``write_fn(tmp_path)`` on a temporary path next to ``path``, then rename it to
+    ``path``; on failure the temporary file is removed and ``path`` is left as it was."""
     if os.path.isdir(path):
         raise IsADirectoryError(f"output {path} is a directory; expected a file path")
     tmp = _temporary_path_next_to(path)

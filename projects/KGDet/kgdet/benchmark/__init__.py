@@ -16,7 +16,7 @@ from .models import (
     model_num_classes,
     model_num_keypoints,
 )
-from .report import TARGETS, compute_ratios, format_report, write_json_atomic
+from .report import PAPER_FIGURES, compute_ratios, format_report, write_json_atomic
 from .runner import run_benchmark
 from .timing import IdleGate, summarize, time_call
 
@@ -24,7 +24,7 @@ __all__ = [
     "BASELINES",
     "DISPLAY_NAMES",
     "IdleGate",
-    "TARGETS",
+    "PAPER_FIGURES",
     "backbone_fn",
     "build_benchmark_model",
     "build_kgdet_cfg",

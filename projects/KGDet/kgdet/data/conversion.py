@@ -6,13 +6,13 @@ Errors skip the record; warnings keep it. Outputs are written to a temporary fil
 folder and moved into place with ``os.replace``, so a failed run never leaves a partial file.
 """
 
-import math
 import os
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
 from ..file_io import atomic_output
+from ..validators import is_int, is_number
 from .image_io import ImageInfo, ImageReadError, inspect_image
 
 __all__ = [
@@ -26,14 +26,6 @@ __all__ = [
     "is_int",
     "is_number",
 ]
-
-
-def is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def is_number(value: Any) -> bool:
-    return (is_int(value) or isinstance(value, float)) and math.isfinite(value)
 
 
 @dataclass
@@ -156,7 +148,8 @@ def check_image_file(
             f"{info.describe_orientation()}: Detectron2's read_image turns the stored "
             f"{info.stored_width}x{info.stored_height} pixels into a {info.width}x{info.height} "
             "image that the annotations (stored frame) do not describe; expected no orientation "
-            "tag or 1 (remove the tag, e.g. exiftool -Orientation= FILE, to keep the stored pixels)",
+            "tag or 1 (remove the tag, e.g. exiftool -Orientation= FILE, to keep the stored "
+            "pixels)",
             "image skipped",
         )
         return None

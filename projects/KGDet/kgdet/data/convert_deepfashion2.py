@@ -50,6 +50,7 @@ import tempfile
 from typing import Any, Dict, List, Optional, Tuple
 from tqdm import tqdm
 
+from ..validators import short_repr as _short
 from .conversion import (
     ConversionReport,
     ConversionSummary,
@@ -84,11 +85,6 @@ _SKIP = "image skipped"
 def deepfashion2_categories() -> List[Dict[str, Any]]:
     """The 13 category records of the official COCO-style files."""
     return coco_categories(DF2_CLASS_NAMES, DF2_KEYPOINT_NAMES)
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    text = json.dumps(value) if not isinstance(value, str) else repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _check_item(

@@ -198,7 +198,7 @@ DF2_KEYPOINT_OKS_SIGMAS: List[float] = [
 
 
 def get_deepfashion2_metadata() -> Dict[str, Any]:
-    """Metadata of every DeepFashion2 dataset (the team's shared metadata contract).
+    """Metadata of every DeepFashion2 dataset (shared by the loaders, evaluators and tools).
 
     Keys: ``thing_classes`` (list, JSON id order, identical to what ``load_coco_json`` sets),
     ``thing_dataset_id_to_contiguous_id`` ({1: 0, ..., 13: 12}), ``keypoint_names`` (294 str),

@@ -20,6 +20,7 @@ __all__ = [
     "FLD_KEYPOINT_NAMES",
     "FLD_NUM_KEYPOINTS",
     "FLD_KEYPOINT_FLIP_MAP",
+    "FLD_FLIP_INDICES",
     "FLD_CLASS_KEYPOINT_SLOTS",
     "FLD_VARIATION_TYPES",
     "FLD_VISIBILITY_TO_COCO",
@@ -47,6 +48,9 @@ FLD_KEYPOINT_FLIP_MAP: List[Tuple[str, str]] = [
     ("left_waistline", "right_waistline"),
     ("left_hem", "right_hem"),
 ]
+# Slot permutation of a horizontal flip: slot i of the flipped image is slot FLD_FLIP_INDICES[i].
+_FLD_MIRROR = dict(FLD_KEYPOINT_FLIP_MAP + [(b, a) for a, b in FLD_KEYPOINT_FLIP_MAP])
+FLD_FLIP_INDICES: List[int] = [FLD_KEYPOINT_NAMES.index(_FLD_MIRROR[n]) for n in FLD_KEYPOINT_NAMES]
 
 # Per contiguous class: the global slots that exist, in the order of FLD's raw landmark triplets
 # (raw triplet k of clothes type t goes to slot FLD_CLASS_KEYPOINT_SLOTS[t - 1][k - 1]).
@@ -68,13 +72,13 @@ FLD_VARIATION_TYPES: Dict[int, str] = {
 # Raw FLD visibility code -> COCO visibility (2 visible, 1 occluded, 0 not labelled).
 FLD_VISIBILITY_TO_COCO: Dict[int, int] = {0: 2, 1: 1, 2: 0}
 # ``fld_visibility`` value of slots that do not exist for the garment's clothes type: FLD's own
-# padding ("0 0 0" triplets), as the team's FLD contract keeps raw codes in {0, 1, 2}. It reads
+# padding ("0 0 0" triplets), so that raw codes stay in {0, 1, 2}. It reads
 # as "visible", so always select slots with ``class_keypoint_slots`` first (docs/DESIGN.md §16.1).
 FLD_VISIBILITY_PADDING: int = 0
 
 
 def get_fld_metadata() -> Dict[str, Any]:
-    """Metadata of every FLD-format dataset (the team's shared metadata contract).
+    """Metadata of every FLD-format dataset (shared by KGDet and DFA).
 
     Keys: ``thing_classes``, ``thing_dataset_id_to_contiguous_id`` ({1: 0, 2: 1, 3: 2}),
     ``keypoint_names`` (8), ``keypoint_flip_map`` (4 pairs), ``class_keypoint_slots``,

@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-# Per-annotation keys of our FLD json kept in the dataset dicts (the team's FLD contract).
+# Per-annotation keys of our FLD json kept in the dataset dicts (docs/DESIGN.md §16).
 FLD_EXTRA_ANNOTATION_KEYS = ["fld_visibility", "variation_type"]
 
 FLD_SCHEMA = AnnotationSchema("FLD", tuple(FLD_CLASS_NAMES), (), FLD_NUM_KEYPOINTS)

@@ -468,7 +468,8 @@ def _fld_layout() -> KeypointLayout:
         3: ("right_sleeve_outer", "right_sleeve_inner"),
     }
     upper = {**collar, **sleeve, 6: "left_hem", 7: "right_hem"}
-    # Lower: trousers, shorts and skirts share one recipe; trouser "hem" = middle of the leg opening.
+    # Lower: trousers, shorts and skirts share one recipe; trouser "hem" = middle of the leg
+    # opening.
     # Skirts have no *_hem_outer/inner vertices: the generator resolves "left_hem" as a fallback.
     lower = {
         4: "left_waist",

@@ -26,11 +26,14 @@ reported before training or inference starts, never by pycocotools at the end of
 
 import json
 import logging
-import math
 import os
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from ..validators import is_int as _is_int
+from ..validators import is_number as _finite
+from ..validators import short_repr as _short
 
 __all__ = [
     "AnnotationFileError",
@@ -115,22 +118,6 @@ def has_valid_polygon(segmentation: Any) -> bool:
     return isinstance(segmentation, list) and any(
         isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 for p in segmentation
     )
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _finite(v: Any) -> bool:
-    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
-
-
-def _short(value: Any, limit: int = 50) -> str:
-    try:
-        text = json.dumps(value)
-    except (TypeError, ValueError):
-        text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass

@@ -88,7 +88,8 @@ class FLDEvaluator(DatasetEvaluator):
     per-stage aligned outputs were given. Keys: ``NE``, ``NE6`` (the paper's six landmarks),
     ``NE/<landmark>``, ``PDL@5`` … ``PDL@40`` (percent, 224-px box frame), ``PDL@15/<landmark>``,
     ``NE_img`` and ``PDL_px@d`` (full-image variants), ``NE_long``, ``NE6_long``,
-    ``PDL_long@d`` (normalised by the box's long side, the DFA paper's convention), ``type=<class>/{N,NE,PDL@15}``,
+    ``PDL_long@d`` (normalised by the box's long side, the DFA paper's convention),
+    ``type=<class>/{N,NE,PDL@15}``,
     ``variation=<name>/{N,NE,PDL@15}``, ``N``, ``N_landmarks``, ``miss_rate`` and, for detector
     outputs, ``iou50/{NE,NE6,PDL@d,miss_rate}``.
     """

@@ -15,6 +15,8 @@ from pycocotools.cocoeval import COCOeval
 
 from detectron2.utils.file_io import PathManager
 
+from ..validators import is_number as _finite_number
+
 __all__ = [
     "BOX_METRICS",
     "KEYPOINT_METRICS",
@@ -44,10 +46,6 @@ def load_results_json(path: str) -> list:
 
 class ResultsFileError(ValueError):
     """A result list pycocotools would crash on or score wrongly; names source, record, field."""
-
-
-def _finite_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
 
 
 def check_results(items: list, gt: COCO, task: str, source: str = "results") -> None:

@@ -48,15 +48,21 @@ class CellGrid:
         offset: float,
         device: torch.device,
     ) -> "CellGrid":
-        """Grid of cells (i, j) with reference point ((j + offset)·s, (i + offset)·s)."""
+        """Grid of cells (i, j) with reference point ((j + offset)·s, (i + offset)·s).
+
+        Traceable: the level sizes may be 0-dim tensors (``x.shape[-2:]`` under
+        ``torch.jit.trace``), so an exported graph builds the grid of any input size.
+        """
         points, strides, levels = [], [], []
         for lvl, ((h, w), s) in enumerate(zip(level_sizes, level_strides)):
             ys = (torch.arange(h, device=device, dtype=torch.float32) + offset) * s
             xs = (torch.arange(w, device=device, dtype=torch.float32) + offset) * s
             yy, xx = torch.meshgrid(ys, xs, indexing="ij")
-            points.append(torch.stack((xx.reshape(-1), yy.reshape(-1)), dim=1))
-            strides.append(torch.full((h * w,), float(s), device=device))
-            levels.append(torch.full((h * w,), lvl, device=device, dtype=torch.long))
+            level_points = torch.stack((xx.reshape(-1), yy.reshape(-1)), dim=1)
+            ones = torch.ones_like(level_points[:, 0])
+            points.append(level_points)
+            strides.append(ones * float(s))
+            levels.append((ones * lvl).long())
         return cls(
             points=torch.cat(points),
             strides=torch.cat(strides),

@@ -16,7 +16,7 @@ On CPU the default path writes the deformable convolution as
 Autograd differentiates both steps: ``embedding_bag`` gives the input gradient and the gradient
 of the per-sample weights, which carries the offset gradient. The result equals
 ``torchvision.ops.deform_conv2d`` in values and in gradients w.r.t. input, offset and weight
-(tests/test_deform_conv.py). The issue's ``grid_sample`` + matmul formulation is kept as
+(tests/modeling/test_deform_conv.py). A ``grid_sample`` + matmul formulation is kept as
 ``impl="grid_sample"``; ``tools/benchmark_deform.py`` times all paths.
 """
 

@@ -20,15 +20,15 @@ from torch import Tensor, nn
 
 from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
-from detectron2.layers import batched_nms
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector, permute_to_N_HWA_K
-from detectron2.structures import Boxes, ImageList, Instances
+from detectron2.structures import ImageList, Instances
 from detectron2.utils.events import get_event_storage
 
 from .assigner import IGNORE, CellGrid, MaxIoUAssigner, PointAssigner
 from .head import build_kgdet_head
 from .losses import KP_NORMS, box_loss, classification_loss, keypoint_loss, visibility_loss
+from .postprocess import postprocess_single_image
 
 __all__ = ["KGDet", "class_keypoint_mask_from_metadata"]
 
@@ -433,61 +433,12 @@ class KGDet(DenseDetector):
             for i, image_size in enumerate(images.image_sizes)
         ]
 
-    def _candidates(self, logits: List[Tensor], img: int) -> Tuple[Tensor, Tensor, Tensor]:
-        """Per level: top-k cells by max class score (before thresholding), then the
-        (cell, class) pairs above the score threshold. Returns global cell indices, classes
-        and scores of the pairs."""
-        cells, classes, scores = [], [], []
-        start = 0
-        for x in logits:
-            cls_scores = x[img].flatten(1).t().sigmoid()  # (HW, C)
-            num_cells = cls_scores.shape[0]
-            if num_cells > self.test_topk_candidates:
-                top = cls_scores.max(dim=1).values.topk(self.test_topk_candidates).indices
-            else:
-                top = torch.arange(num_cells, device=cls_scores.device)
-            keep = cls_scores[top] > self.test_score_thresh
-            row, cls = keep.nonzero(as_tuple=True)
-            cells.append(top[row] + start)
-            classes.append(cls)
-            scores.append(cls_scores[top[row], cls])
-            start += num_cells
-        return torch.cat(cells), torch.cat(classes), torch.cat(scores)
-
     def inference_single_image(
         self, final: StageOutput, grid: CellGrid, img: int, image_size: Tuple[int, int]
     ) -> Instances:
-        """Detections of image ``img`` from the final stage's dense outputs (§7)."""
-        cells, classes, scores = self._candidates(final["cls"], img)
-        img_idx = torch.full_like(cells, img)
-        boxes = Boxes(
-            self._decode_boxes(self._gather_cells(final["box"], img_idx, cells), grid, cells)
-        )
-        boxes.clip(image_size)
-        keep = batched_nms(boxes.tensor, scores, classes, self.test_nms_thresh)
-        keep = keep[: self.max_detections_per_image]
-        result = Instances(image_size)
-        result.pred_boxes = boxes[keep]
-        result.scores = scores[keep]
-        result.pred_classes = classes[keep]
-        if final["kp"] is not None:
-            cells = cells[keep]
-            xy = self._decode_keypoints(
-                self._gather_cells(final["kp"], img_idx[keep], cells), grid, cells
-            )
-            height, width = image_size
-            xy = torch.stack((xy[..., 0].clamp(0, width), xy[..., 1].clamp(0, height)), dim=-1)
-            # Keypoint score: the detection score inside the predicted class's slots, else 0
-            # (hidden by Detectron2's Visualizer; ignored by OKS).
-            kp_scores = result.scores[:, None] * self.class_keypoint_mask[result.pred_classes]
-            result.pred_keypoints = torch.cat((xy, kp_scores[..., None].to(xy.dtype)), dim=-1)
-            if final.get("vis") is not None:
-                # Keypoint selection predicts whether each keypoint is in view: the one real
-                # per-keypoint confidence, (N, K) in [0, 1], 0 outside the class's slots.
-                vis = self._gather_cells(final["vis"], img_idx[keep], cells).sigmoid()
-                mask = self.class_keypoint_mask[result.pred_classes]
-                result.pred_keypoint_visibility = vis * mask.to(vis.dtype)
-        return result
+        """Detections of image ``img`` from the final stage's dense outputs (§7); see
+        :func:`~kgdet.modeling.postprocess.postprocess_single_image` (shared with the export)."""
+        return postprocess_single_image(self, final, grid.points, grid.strides, image_size, img=img)
 
 
 def class_keypoint_mask_from_metadata(
