@@ -6,6 +6,7 @@ deepfashion2_demo`` next to the repository. Tests that need it skip, saying what
 is absent; ``python -m pytest tests -q -rs`` lists the reasons.
 """
 
+import os
 from pathlib import Path
 import pytest
 import torch

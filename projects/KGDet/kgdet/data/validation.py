@@ -26,6 +26,7 @@ reported before training or inference starts, never by pycocotools at the end of
 
 import json
 import logging
+import math
 import os
 from collections import Counter
 from dataclasses import dataclass, field

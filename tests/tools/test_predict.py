@@ -24,7 +24,7 @@ from kgdet.predict.records import ShardWriter, read_jsonl
 from kgdet.predict.runner import rank_chunks, reason_kind
 from PIL import Image
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG = str(REPO_ROOT / "configs" / "kgdet_synth.yaml")
 TINY = ["MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "96"]
 TINY += ["TEST.DETECTIONS_PER_IMAGE", "3"]

@@ -1,6 +1,6 @@
 """kgdet.selftest: its checks on the CPU (DDP of every head variant with gloo, AMP training
 with bfloat16), its command line, and the ``cuda`` tests, which run the same checks on a GPU and
-skip with the reason elsewhere (``python -m pytest tests/test_selftest.py -m cuda -rs``)."""
+skip with the reason elsewhere (``python -m pytest tests/tools/test_selftest.py -m cuda -rs``)."""
 
 import io
 import pytest

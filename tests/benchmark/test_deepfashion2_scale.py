@@ -24,7 +24,7 @@ from kgdet.data.deepfashion2_meta import DF2_KEYPOINT_SLOT_RANGES
 from kgdet.data.register import DEEPFASHION2_SCHEMA
 from kgdet.data.validation import check_annotation_file
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ Two stored references (``tests/fixtures/head``):
 
 Regenerate (only for an intended change of layout or outputs)::
 
-    python tests/test_head_reference.py --write
+    python tests/modeling/test_head_reference.py --write
 """
 
 import argparse
@@ -31,7 +31,7 @@ from detectron2.modeling import build_model
 from kgdet import add_kgdet_config
 from kgdet.modeling.head import build_kgdet_head
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"
 FIXTURES = ROOT / "tests" / "fixtures" / "head"
 LAYOUT_FILE = FIXTURES / "state_dict_layout.json"

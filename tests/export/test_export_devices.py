@@ -13,7 +13,7 @@ from kgdet import get_kgdet_cfg
 from kgdet.export import ExportedPredictor, export_model, load_exported_model, runtime
 from kgdet.export.predictor import TorchScriptModel, baked_devices
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
