@@ -5,9 +5,8 @@ import copy
 import importlib.util
 import json
 import logging
-from pathlib import Path
-
 import numpy as np
+from pathlib import Path
 import pytest
 import torch
 

@@ -10,8 +10,9 @@ Runs every check the project applies when a dataset is registered, loaded and ev
 (:mod:`kgdet.data.validation`: structure, ids, categories, boxes, keypoints, fields that are
 filled in; :mod:`kgdet.data.consistency`: photos listed twice, boxes of zero width or height,
 landmarks outside their class block, no labelled landmark at all), then decodes every image
-exactly as training will (:mod:`kgdet.data.image_io`, with a progress bar) and checks that it is readable, not mirrored or rotated by an EXIF orientation
-tag, of the size the annotations give, and large enough for its boxes. Writes a tab-separated
+exactly as training will (:mod:`kgdet.data.image_io`, with a progress bar) and checks that it
+is readable, not mirrored or rotated by an EXIF orientation tag, of the size the annotations
+give, and large enough for its boxes. Writes a tab-separated
 report (``--report``, default ``output/check_dataset/<name>.report.txt``) and prints a summary.
 Exit status 1 when something would break or falsify training or evaluation (any ERROR row), 0
 otherwise (WARNING rows: filled fields, subset categories, converted pixel formats).

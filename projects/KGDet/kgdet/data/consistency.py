@@ -25,10 +25,9 @@ through :func:`consistency_columns_from_coco` (or :func:`check_coco_consistency`
 """
 
 import logging
+import numpy as np
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
-
-import numpy as np
 
 __all__ = [
     "ConsistencyFinding",
