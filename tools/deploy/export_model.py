@@ -30,7 +30,6 @@ cli.filter_third_party_warnings(replay=_import_warnings)
 import torch  # noqa: E402
 
 import detectron2.data.transforms as T
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data.detection_utils import read_image
 from detectron2.modeling import build_model
 from detectron2.modeling.postprocessing import detector_postprocess
@@ -38,6 +37,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.logger import setup_logger
 
 from kgdet import get_kgdet_cfg
+from kgdet.checkpoint import KGDetCheckpointer
 from kgdet.export import DEFORM_OPS, export_model, load_exported_model
 
 logger = logging.getLogger("kgdet.export")
@@ -124,7 +124,7 @@ def _export(args: argparse.Namespace) -> int:
     cfg.freeze()
     cli.check_weights(cfg)
     model = build_model(cfg).eval()
-    DetectionCheckpointer(model).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
+    KGDetCheckpointer(model).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
     image = sample_image(cfg, args.sample_image)
     path = os.path.join(args.output, FILE_NAMES[args.format])
     onnx_kwargs = {}
