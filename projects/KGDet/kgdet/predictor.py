@@ -12,9 +12,8 @@ Same interface and results as ``DefaultPredictor`` (an (H, W, 3) uint8 BGR image
   one line naming it (``CheckpointReadError``).
 """
 
-from typing import Dict
-
 import numpy as np
+from typing import Dict
 
 import detectron2.data.transforms as T
 from detectron2.data import MetadataCatalog

@@ -46,8 +46,6 @@ class KGDetCheckpointer(DetectionCheckpointer):
             return super()._load_file(filename)
         except _READ_ERRORS as e:
             reason = " ".join(str(e).split())
-            if "Weights only load failed" in reason:  # readable, but refused by torch's loader
-                raise
             first = reason.split(". ")[0][:160]
             raise CheckpointReadError(
                 f"checkpoint {filename} is truncated or corrupt ({type(e).__name__}: {first})"
