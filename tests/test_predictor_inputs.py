@@ -7,6 +7,7 @@ import torch
 
 from detectron2.config import get_cfg
 
+from kgdet.checkpoint import CheckpointReadError
 from kgdet.data.image_io import ImageArrayError, as_uint8_image, decode_image
 from kgdet.export.predictor import ExportedPredictor
 from PIL import Image
@@ -58,7 +59,7 @@ def _exported_stub(seen):
     predictor = ExportedPredictor.__new__(ExportedPredictor)
     import detectron2.data.transforms as T
 
-    predictor.aug, predictor.input_format, predictor.score_thresh = T.NoOpTransform(), "BGR", 0.0
+    predictor.input_format, predictor.score_thresh = "BGR", 0.0
     predictor.aug = T.ResizeShortestEdge([24, 24], 100)
 
     def model(image):
@@ -109,3 +110,22 @@ def test_dfa_predictor_input_and_classes():
         aligner(image, box, [3])
     with pytest.raises(ValueError, match="DFAPredictor image: got shape .* float64"):
         aligner(image / 255.0, box, [0])
+
+
+def test_kgdet_predictor_checks_its_input(tmp_path):
+    from kgdet import get_kgdet_cfg
+    from kgdet.predictor import KGDetPredictor
+
+    torch.manual_seed(0)
+    cfg = get_kgdet_cfg("configs/kgdet_synth.yaml", ["MODEL.DEVICE", "cpu"])
+    predictor = KGDetPredictor(cfg)
+    gray = _bgr(64, 48)[:, :, 0]
+    a = predictor(gray)["instances"]
+    b = predictor(np.repeat(gray[:, :, None], 3, 2))["instances"]
+    assert torch.equal(a.pred_boxes.tensor, b.pred_boxes.tensor)
+    with pytest.raises(ValueError, match=r"KGDetPredictor image: got shape \(64, 48, 3\) dtype"):
+        predictor(_bgr(64, 48).astype(np.float32))
+    (tmp_path / "cut.pth").write_bytes(b"\x80\x02not a checkpoint")
+    weights = ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", str(tmp_path / "cut.pth")]
+    with pytest.raises(CheckpointReadError, match="checkpoint .*cut.pth is truncated or corrupt"):
+        KGDetPredictor(get_kgdet_cfg("configs/kgdet_synth.yaml", weights))
