@@ -58,8 +58,8 @@ from detectron2.utils.logger import setup_logger
 from kgdet import get_kgdet_cfg  # importing kgdet registers the model and datasets
 from kgdet.data.image_io import read_image  # Detectron2's read_image, exact 8-bit conversion
 from kgdet.evaluation.garment_visualizer import GarmentVisualizer
-from kgdet.predictor import KGDetPredictor
 from kgdet.file_io import write_atomic, write_json_atomic
+from kgdet.predictor import KGDetPredictor
 
 logger = logging.getLogger("kgdet.demo")
 

@@ -1,7 +1,6 @@
 """Checkpoints: reading them safely, and import of official (mmdetection v1) KGDet ones."""
 
 from .checkpointer import CheckpointReadError, KGDetCheckpointer
-
 from .convert import (
     OfficialCheckpointError,
     convert_official_state_dict,

@@ -21,12 +21,7 @@ from .deepfashion2_meta import (
     DF2_RAW_CATEGORY_NAMES,
     get_deepfashion2_metadata,
 )
-from .fld_meta import (
-    FLD_CLASS_KEYPOINT_SLOTS,
-    FLD_CLASS_NAMES,
-    FLD_NUM_KEYPOINTS,
-    get_fld_metadata,
-)
+from .fld_meta import FLD_CLASS_KEYPOINT_SLOTS, FLD_CLASS_NAMES, FLD_NUM_KEYPOINTS, get_fld_metadata
 from .validation import AnnotationSchema, check_annotation_file, has_valid_polygon, load_json_file
 
 __all__ = [
