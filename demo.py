@@ -59,7 +59,6 @@ import cv2
 import tqdm
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.engine import DefaultPredictor
 from detectron2.utils.logger import setup_logger
 
 from kgdet import get_kgdet_cfg  # importing kgdet registers the model and datasets
@@ -67,6 +66,7 @@ from kgdet.data.image_io import read_image  # Detectron2's read_image, exact 8-b
 from kgdet.evaluation.garment_visualizer import GarmentVisualizer
 from kgdet.file_io import write_atomic, write_json_atomic
 from kgdet.predict import check_resizable, instances_to_records, list_inputs, pil_image_extensions
+from kgdet.predictor import KGDetPredictor
 
 logger = logging.getLogger("kgdet.demo")
 
@@ -259,7 +259,7 @@ def run_demo(args: argparse.Namespace) -> Tuple[int, int]:
 
         predictor = ExportedPredictor(cfg, args.exported, device=cfg.MODEL.DEVICE)
     else:
-        predictor = DefaultPredictor(cfg)
+        predictor = KGDetPredictor(cfg)
     os.makedirs(args.output, exist_ok=True)
     records, skipped = [], []
     for path in tqdm.tqdm(paths, desc="demo", unit="img", disable=len(paths) < 2):

@@ -31,6 +31,7 @@ import numpy as np
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+from .consistency import ConsistencyReport, check_annotation_consistency
 from .deepfashion2_meta import (
     DF2_CLASS_KEYPOINT_SLOTS,
     DF2_CLASS_NAMES,
@@ -57,6 +58,7 @@ DEEPFASHION2_SCHEMA = AnnotationSchema(
     tuple(DF2_CLASS_NAMES),
     tuple((n,) for n in DF2_RAW_CATEGORY_NAMES),
     DF2_NUM_KEYPOINTS,
+    tuple(tuple(s) for s in DF2_CLASS_KEYPOINT_SLOTS),
 )
 
 # name -> (dtype, trailing shape); leading dimension N (images), N + 1 (offsets), A
@@ -143,6 +145,7 @@ class CompactAnnotations:
         self.class_keypoint_slots = [np.asarray(s, dtype=np.int64) for s in class_keypoint_slots]
         self.outside_block_slots = dict(outside_block_slots or {})
         self.info = dict(info or {})
+        self.consistency: Optional[ConsistencyReport] = None
         self.cache_file = cache_file
         self._arrays = dict(arrays)
         for name, array in arrays.items():
@@ -221,6 +224,28 @@ class CompactAnnotations:
         if i >= self.num_images or int(self.image_ids[i]) != image_id:
             raise KeyError(f"{self.json_file}: no image with id {image_id}")
         return i
+
+    def check_consistency(self, source: str = "") -> ConsistencyReport:
+        """The checks across records and fields of :mod:`kgdet.data.consistency` on these
+        columns (a ``file_name`` used by several image records, boxes of zero width or height,
+        labelled landmarks outside the class block, no labelled landmark at all).
+
+        Returns:
+            :class:`kgdet.data.consistency.ConsistencyReport`; nothing is raised here.
+        """
+        labelled = self.num_labelled.astype(np.int64)
+        outside = self.num_labelled_outside.astype(np.int64)
+        return check_annotation_consistency(
+            self.file_names(),
+            self.image_ids,
+            self.image_ids[self.annotation_image_index],
+            self.annotation_ids,
+            self.category_ids,
+            self.bboxes,
+            labelled - outside,
+            outside,
+            source=source or self.json_file,
+        )
 
     def check_outside_block(self) -> None:
         """Raise :class:`OutsideClassBlockError` if any garment has labelled landmarks outside
@@ -339,6 +364,9 @@ def load_compact_annotations(
         cache_dir=None if cache_dir is None else os.fspath(cache_dir),
         use_cache=use_cache,
     )
+    compact.consistency = compact.check_consistency(os.fspath(json_file))
     if outside_block == "raise":
+        compact.consistency.raise_if_errors()
         compact.check_outside_block()
+        compact.consistency.log()
     return compact

@@ -17,7 +17,7 @@ from detectron2.structures import BoxMode
 from .compact import DEEPFASHION2_SCHEMA, load_compact_annotations
 from .compact_dicts import CompactDatasetDicts
 from .deepfashion2_meta import get_deepfashion2_metadata
-from .fld_meta import FLD_CLASS_NAMES, FLD_NUM_KEYPOINTS, get_fld_metadata
+from .fld_meta import FLD_CLASS_KEYPOINT_SLOTS, FLD_CLASS_NAMES, FLD_NUM_KEYPOINTS, get_fld_metadata
 from .validation import AnnotationSchema, check_annotation_file, has_valid_polygon, load_json_file
 
 __all__ = [
@@ -38,7 +38,13 @@ PathLike = Union[str, "os.PathLike[str]"]
 # Per-annotation keys of our FLD json kept in the dataset dicts (docs/DESIGN.md §16).
 FLD_EXTRA_ANNOTATION_KEYS = ["fld_visibility", "variation_type"]
 
-FLD_SCHEMA = AnnotationSchema("FLD", tuple(FLD_CLASS_NAMES), (), FLD_NUM_KEYPOINTS)
+FLD_SCHEMA = AnnotationSchema(
+    "FLD",
+    tuple(FLD_CLASS_NAMES),
+    (),
+    FLD_NUM_KEYPOINTS,
+    tuple(tuple(s) for s in FLD_CLASS_KEYPOINT_SLOTS),
+)
 
 
 def coco_json_to_dataset_dicts(
