@@ -211,8 +211,11 @@ def add_kgdet_config(cfg: CN) -> None:
     # ---- evaluation ------------------------------------------------------------------------
     # Keypoint GT variant for DF2 keypoint AP: "vis_occ" (v > 0, official converter) or "vis".
     _C.TEST.KEYPOINT_GT_VARIANT = "vis_occ"
-    # Use pycocotools (official) instead of Detectron2's fast C++ COCO eval.
-    _C.TEST.OFFICIAL_COCO_EVAL = True
+    # True: stock pycocotools on Detectron2's COCO json results (the reference; memory grows
+    # with ~4.5 MB per image at 100 detections x 294 keypoints). False: compact float32 results
+    # and faster-coco-eval's C++ COCOeval, equal to pycocotools (tested), full DeepFashion2 val
+    # size in a few GB (kgdet.evaluation.compact_cocoeval).
+    _C.TEST.OFFICIAL_COCO_EVAL = False
     # FLD NE/PDL over visible landmarks only (True, the DFA paper's protocol) or visible and
     # occluded ones (False).
     _C.TEST.FLD_VISIBLE_ONLY = True

@@ -232,15 +232,27 @@ class CompactGroundTruth:
     keypoint_xy: List[np.ndarray] = field(default_factory=list)
 
     @classmethod
-    def from_coco_dataset(cls, dataset: dict, with_keypoints: bool) -> "CompactGroundTruth":
-        """From a loaded COCO json dict (``COCO.dataset``); keypoints as given (the variant is
-        applied by the caller, e.g. :func:`keypoint_gt_variant_api`)."""
+    def from_coco_dataset(
+        cls, dataset: dict, keypoint_variant: Optional[str] = None
+    ) -> "CompactGroundTruth":
+        """From a loaded COCO json dict (``COCO.dataset``).
+
+        Args:
+            keypoint_variant: None (boxes only), "vis_occ" (v > 0 labelled, ``num_keypoints``
+                as in the json) or "vis" (only v == 2 labelled and counted; see
+                :func:`kgdet.evaluation.keypoint_gt_variant_api`).
+        """
         annos = dataset.get("annotations", [])
         slots, xys = [], []
-        if with_keypoints:
-            for a in annos:
+        num_keypoints = [a.get("num_keypoints", 0) for a in annos]
+        if keypoint_variant is not None:
+            for j, a in enumerate(annos):
                 kp = np.asarray(a.get("keypoints", ()), dtype=np.float64).reshape(-1, 3)
-                labelled = np.flatnonzero(kp[:, 2] > 0)
+                if keypoint_variant == "vis":
+                    labelled = np.flatnonzero(kp[:, 2] == 2)
+                    num_keypoints[j] = len(labelled)
+                else:
+                    labelled = np.flatnonzero(kp[:, 2] > 0)
                 slots.append(labelled)
                 xys.append(kp[labelled, :2].copy())
         return cls(
@@ -252,7 +264,7 @@ class CompactGroundTruth:
             bboxes=np.array([a["bbox"] for a in annos], dtype=np.float64).reshape(-1, 4),
             areas=np.array([a["area"] for a in annos], dtype=np.float64),
             iscrowd=np.array([int(a.get("iscrowd", 0)) for a in annos], dtype=np.int64),
-            num_keypoints=np.array([a.get("num_keypoints", 0) for a in annos], dtype=np.int64),
+            num_keypoints=np.array(num_keypoints, dtype=np.int64),
             keypoint_slots=slots,
             keypoint_xy=xys,
         )
