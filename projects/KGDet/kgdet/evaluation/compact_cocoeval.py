@@ -12,10 +12,10 @@ stays bounded by a chunk.
 """
 
 import logging
+import numpy as np
 from typing import Dict, List, Optional, Sequence
 
 import faster_coco_eval.faster_eval_api_cpp as _C
-import numpy as np
 from faster_coco_eval.core import mask as mask_utils
 from faster_coco_eval.core.cocoeval import Params
 from faster_coco_eval.core.faster_eval_api import COCOeval_faster
@@ -192,26 +192,26 @@ def evaluate_compact(
         for img in chunk:
             g_all = gts_of_image.get(img, empty)
             d_all = dets_of_image.get(img, empty)
-            for gi in g_all:
+            for cat, ann_id, area, crowd, ignore in zip(
+                gt.categories[g_all].tolist(),
+                gt.ann_ids[g_all].tolist(),
+                gt.areas[g_all].tolist(),
+                gt.iscrowd[g_all].tolist(),
+                gt_ignore[g_all].tolist(),
+            ):
                 gt_ds.append_ref(
-                    img,
-                    int(gt.categories[gi]),
-                    {
-                        "id": int(gt.ann_ids[gi]),
-                        "area": float(gt.areas[gi]),
-                        "iscrowd": int(gt.iscrowd[gi]),
-                        "ignore": int(gt_ignore[gi]),
-                    },
+                    img, cat, {"id": ann_id, "area": area, "iscrowd": crowd, "ignore": int(ignore)}
                 )
             d_cats = None
             if len(d_all):
                 d_cats = dets.classes[d_all]
-                for di in d_all:
-                    dt_ds.append_ref(
-                        img,
-                        int(dets.classes[di]),
-                        {"id": int(di) + 1, "score": float(dets.scores[di]), "area": areas[di]},
-                    )
+                for cat, det_id, score, area in zip(
+                    d_cats.tolist(),
+                    (d_all + 1).tolist(),
+                    dets.scores[d_all].tolist(),
+                    areas[d_all].tolist(),
+                ):
+                    dt_ds.append_ref(img, cat, {"id": det_id, "score": score, "area": area})
             row = []
             for cat in cat_ids:
                 if not len(g_all) or not len(d_all):

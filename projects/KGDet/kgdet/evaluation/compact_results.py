@@ -22,10 +22,9 @@ Python floats per detection with K = 294 keypoints):
 variant), with each garment's labelled keypoints only.
 """
 
+import numpy as np
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Set, Tuple
-
-import numpy as np
 
 __all__ = ["CompactDetections", "CompactGroundTruth", "DetectionAccumulator"]
 
@@ -155,8 +154,9 @@ class DetectionAccumulator:
         }
         if self._k:
             xy = keypoints[:, :, :2].astype(np.float32) - np.float32(0.5)  # Detectron2's export
+            by_axis = np.ascontiguousarray(xy.transpose(0, 2, 1))  # (N, 2, K): fast reductions
             if n:
-                part["extent"] = np.concatenate([xy.min(axis=1), xy.max(axis=1)], axis=1)
+                part["extent"] = np.concatenate([by_axis.min(axis=2), by_axis.max(axis=2)], axis=1)
             else:
                 part["extent"] = np.zeros((0, 4), np.float32)
             if self._slots is None:

@@ -9,11 +9,10 @@ what ``json.dump`` of the whole list writes (``", "`` between records and values
 
 import contextlib
 import json
+import numpy as np
 import os
 import tempfile
 from typing import IO, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
-
-import numpy as np
 
 from ..file_io import atomic_output
 from .compact_results import CompactDetections
