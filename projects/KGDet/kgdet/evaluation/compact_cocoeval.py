@@ -29,14 +29,6 @@ logger = logging.getLogger(__name__)
 _EPS = np.spacing(1)
 
 
-def _group(keys: np.ndarray) -> Dict[int, np.ndarray]:
-    """key -> indices (ascending) of the entries with that key."""
-    order = np.argsort(keys, kind="stable")
-    uniq, starts = np.unique(keys[order], return_index=True)
-    ends = np.append(starts[1:], len(order))
-    return {int(k): order[s:e] for k, s, e in zip(uniq, starts, ends)}
-
-
 class _Scorer:
     """IoU / OKS of one (image, category): detections (sorted, cut) x garments (json order)."""
 
@@ -112,7 +104,7 @@ class _Scorer:
                 dx = np.maximum(0, x0 - xd) + np.maximum(0, xd - x1)
                 dy = np.maximum(0, y0 - yd) + np.maximum(0, yd - y1)
             e = (dx**2 + dy**2) / var / (gt.areas[gi] + _EPS) / 2
-            ious[:, j] = [np.sum(row) / row.shape[0] for row in np.exp(-e)]
+            ious[:, j] = np.exp(-e).sum(axis=1) / e.shape[1]
         return ious
 
 
@@ -174,62 +166,76 @@ def evaluate_compact(
     scorer = _Scorer(task, gt, dets, kpt_oks_sigmas, class_slots, dataset_to_contiguous)
     areas = _detection_areas(dets, task, keypoint_area)
     max_det = p.maxDets[-1]
-    dets_of_image = _group(dets.image_ids)
-    gts_of_image = _group(gt.image_ids)
     cat_ids = p.catIds
+    cat_pos = {c: i for i, c in enumerate(cat_ids)}
     num_cats, num_areas = len(cat_ids), len(p.areaRng)
     if task == "keypoints":
         gt_ignore = (gt.num_keypoints == 0) | (gt.iscrowd != 0)
     else:
         gt_ignore = gt.iscrowd != 0
-    empty = np.zeros(0, dtype=np.int64)
+    # Detections by (image, category, descending score), stable: pycocotools' order within a
+    # (image, category); garments by (image, category) in json order.
+    d_order = np.lexsort((-dets.scores.astype(np.float64), dets.classes, dets.image_ids))
+    d_img, d_cat = dets.image_ids[d_order], dets.classes[d_order]
+    g_order = np.lexsort((gt.categories, gt.image_ids))
+    g_img, g_cat = gt.image_ids[g_order], gt.categories[g_order]
+    span = int(max(dets.classes.max(initial=0), gt.categories.max(initial=0))) + 1
+    d_key = d_img * span + d_cat
+    g_key = g_img * span + g_cat
+    pair_keys, pair_starts = np.unique(g_key, return_index=True)
+    pair_ends = np.append(pair_starts[1:], len(g_key))
+    pair_d_start = np.searchsorted(d_key, pair_keys, "left")
+    pair_d_end = np.searchsorted(d_key, pair_keys, "right")
+    img_ids = np.asarray(p.imgIds, dtype=np.int64)
     # evaluations[(c * num_areas + a) * num_images + i], filled chunk by chunk
     layout: List[List[list]] = [[] for _ in range(num_cats * num_areas)]
-    for start in range(0, len(p.imgIds), images_per_chunk):
-        chunk = p.imgIds[start : start + images_per_chunk]
+    for start in range(0, len(img_ids), images_per_chunk):
+        chunk = img_ids[start : start + images_per_chunk]
+        lo, hi = chunk[0], chunk[-1]
         gt_ds, dt_ds = _C.Dataset(), _C.Dataset()
-        ious = []
-        for img in chunk:
-            g_all = gts_of_image.get(img, empty)
-            d_all = dets_of_image.get(img, empty)
-            for cat, ann_id, area, crowd, ignore in zip(
-                gt.categories[g_all].tolist(),
-                gt.ann_ids[g_all].tolist(),
-                gt.areas[g_all].tolist(),
-                gt.iscrowd[g_all].tolist(),
-                gt_ignore[g_all].tolist(),
-            ):
-                gt_ds.append_ref(
-                    img, cat, {"id": ann_id, "area": area, "iscrowd": crowd, "ignore": int(ignore)}
-                )
-            d_cats = None
-            if len(d_all):
-                d_cats = dets.classes[d_all]
-                for cat, det_id, score, area in zip(
-                    d_cats.tolist(),
-                    (d_all + 1).tolist(),
-                    dets.scores[d_all].tolist(),
-                    areas[d_all].tolist(),
-                ):
-                    dt_ds.append_ref(img, cat, {"id": det_id, "score": score, "area": area})
-            row = []
-            for cat in cat_ids:
-                if not len(g_all) or not len(d_all):
-                    row.append([])
-                    continue
-                g = g_all[gt.categories[g_all] == cat]
-                d = d_all[d_cats == cat]
-                if not len(g) or not len(d):
-                    row.append([])
-                    continue
-                order = np.argsort(-dets.scores[d].astype(np.float64), kind="mergesort")
-                d = d[order][:max_det]
-                row.append(scorer(d, g, cat))
-            ious.append(row)
+        gs = slice(np.searchsorted(g_img, lo, "left"), np.searchsorted(g_img, hi, "right"))
+        g_sel = g_order[gs]
+        g_sel = g_sel[np.isin(gt.image_ids[g_sel], chunk)]
+        for img, cat, ann_id, area, crowd, ignore in zip(
+            gt.image_ids[g_sel].tolist(),
+            gt.categories[g_sel].tolist(),
+            gt.ann_ids[g_sel].tolist(),
+            gt.areas[g_sel].tolist(),
+            gt.iscrowd[g_sel].tolist(),
+            gt_ignore[g_sel].tolist(),
+        ):
+            gt_ds.append_ref(
+                img, cat, {"id": ann_id, "area": area, "iscrowd": crowd, "ignore": int(ignore)}
+            )
+        ds = slice(np.searchsorted(d_img, lo, "left"), np.searchsorted(d_img, hi, "right"))
+        d_sel = d_order[ds]
+        d_sel = d_sel[np.isin(dets.image_ids[d_sel], chunk)]
+        for img, cat, det_id, score, area in zip(
+            dets.image_ids[d_sel].tolist(),
+            dets.classes[d_sel].tolist(),
+            (d_sel + 1).tolist(),
+            dets.scores[d_sel].tolist(),
+            areas[d_sel].tolist(),
+        ):
+            dt_ds.append_ref(img, cat, {"id": det_id, "score": score, "area": area})
+        ious = [[[] for _ in cat_ids] for _ in chunk]
+        img_pos = {int(img): i for i, img in enumerate(chunk)}
+        first = np.searchsorted(pair_keys, lo * span, "left")
+        last = np.searchsorted(pair_keys, (hi + 1) * span, "left")
+        for q in range(first, last):
+            d0, d1 = pair_d_start[q], pair_d_end[q]
+            key = int(pair_keys[q])
+            img, cat = key // span, key % span
+            if d1 == d0 or img not in img_pos or cat not in cat_pos:
+                continue
+            d = d_order[d0 : min(d1, d0 + max_det)]
+            g = g_order[pair_starts[q] : pair_ends[q]]
+            ious[img_pos[img]][cat_pos[cat]] = scorer(d, g, cat)
+        chunk_ids = chunk.tolist()
         evals = _C.COCOevalEvaluateImages(
-            p.areaRng, max_det, p.iouThrs, ious, gt_ds, dt_ds, chunk, cat_ids, True
+            p.areaRng, max_det, p.iouThrs, ious, gt_ds, dt_ds, chunk_ids, cat_ids, True
         )
-        n = len(chunk)
+        n = len(chunk_ids)
         for ca in range(num_cats * num_areas):
             layout[ca].extend(evals[ca * n : (ca + 1) * n])
     evaluations = [e for per_ca in layout for e in per_ca]

@@ -153,7 +153,7 @@ class DetectionAccumulator:
             "boxes": xyxy_to_xywh_like_detectron2(boxes_xyxy),
         }
         if self._k:
-            xy = keypoints[:, :, :2].astype(np.float32) - np.float32(0.5)  # Detectron2's export
+            xy = keypoints[:, :, :2] - np.float32(0.5)  # Detectron2's export (float32)
             by_axis = np.ascontiguousarray(xy.transpose(0, 2, 1))  # (N, 2, K): fast reductions
             if n:
                 part["extent"] = np.concatenate([by_axis.min(axis=2), by_axis.max(axis=2)], axis=1)

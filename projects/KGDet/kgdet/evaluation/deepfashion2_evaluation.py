@@ -348,7 +348,7 @@ class DeepFashion2Evaluator(COCOEvaluator):
         kps = None
         if inst.has("pred_keypoints"):
             self._check_keypoints(image_id, inst.pred_keypoints)
-            kps = inst.pred_keypoints.detach().numpy().astype(np.float32)
+            kps = np.asarray(inst.pred_keypoints.detach().numpy(), dtype=np.float32)
         if self._results_have_keypoints is None:
             self._results_have_keypoints = kps is not None
         elif self._results_have_keypoints != (kps is not None):
@@ -367,8 +367,8 @@ class DeepFashion2Evaluator(COCOEvaluator):
             self._spill.append(shifted)
         self._accumulator.add(
             image_id,
-            inst.pred_boxes.tensor.detach().numpy().astype(np.float32),
-            inst.scores.detach().numpy().astype(np.float32),
+            np.asarray(inst.pred_boxes.tensor.detach().numpy(), dtype=np.float32),
+            np.asarray(inst.scores.detach().numpy(), dtype=np.float32),
             classes,
             kps if "keypoints" in self._tasks else None,
         )
