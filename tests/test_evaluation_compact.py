@@ -230,19 +230,28 @@ def _worker(json_path: str, share: int, out_path: str) -> None:
             pickle.dump(result, f)
 
 
-def test_two_process_launch_equals_single_process(generated, tmp_path):
-    name, gt, json_path, predictions = generated
+def test_two_process_launch_equals_single_process(tmp_path):
+    gt = _ground_truth(20, seed=3)
+    json_path = tmp_path / "val.json"
+    json_path.write_text(json.dumps(gt))
     out_path = str(tmp_path / "result.pkl")
     launch(
         _worker,
         2,
         dist_url=f"file://{tmp_path / 'dist_init'}",
-        args=(json_path, 2, out_path),
+        args=(str(json_path), 2, out_path),
     )
     with open(out_path, "rb") as f:
         distributed = pickle.load(f)
-    single = DeepFashion2Evaluator(name, distributed=False, output_dir=str(tmp_path / "single"))
-    _assert_close(distributed, _run(single, predictions))
+    name = f"test_compact_eval_single_{uuid.uuid4().hex[:8]}"
+    register_deepfashion2_instances(name, str(json_path), str(tmp_path))
+    try:
+        predictions = _predictions(gt)
+        single = DeepFashion2Evaluator(name, distributed=False, output_dir=str(tmp_path / "one"))
+        _assert_close(distributed, _run(single, predictions))
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
     # Records of rank 0's images first, then rank 1's (Detectron2's gather order).
     records = json.loads((tmp_path / "launch" / "coco_instances_results.json").read_text())
     order = [r["image_id"] for r in records]
