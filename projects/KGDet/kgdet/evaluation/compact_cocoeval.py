@@ -11,6 +11,7 @@ per-image results are concatenated before faster-coco-eval's C++ ``accumulate``,
 stays bounded by a chunk.
 """
 
+import copy
 import logging
 import numpy as np
 from typing import Dict, List, Optional, Sequence
@@ -165,84 +166,108 @@ def evaluate_compact(
         )
     scorer = _Scorer(task, gt, dets, kpt_oks_sigmas, class_slots, dataset_to_contiguous)
     areas = _detection_areas(dets, task, keypoint_area)
-    max_det = p.maxDets[-1]
-    cat_ids = p.catIds
-    cat_pos = {c: i for i, c in enumerate(cat_ids)}
-    num_cats, num_areas = len(cat_ids), len(p.areaRng)
     if task == "keypoints":
         gt_ignore = (gt.num_keypoints == 0) | (gt.iscrowd != 0)
     else:
         gt_ignore = gt.iscrowd != 0
-    # Detections by (image, category, descending score), stable: pycocotools' order within a
-    # (image, category); garments by (image, category) in json order.
-    d_order = np.lexsort((-dets.scores.astype(np.float64), dets.classes, dets.image_ids))
-    d_img, d_cat = dets.image_ids[d_order], dets.classes[d_order]
-    g_order = np.lexsort((gt.categories, gt.image_ids))
-    g_img, g_cat = gt.image_ids[g_order], gt.categories[g_order]
-    span = int(max(dets.classes.max(initial=0), gt.categories.max(initial=0))) + 1
-    d_key = d_img * span + d_cat
-    g_key = g_img * span + g_cat
-    pair_keys, pair_starts = np.unique(g_key, return_index=True)
-    pair_ends = np.append(pair_starts[1:], len(g_key))
-    pair_d_start = np.searchsorted(d_key, pair_keys, "left")
-    pair_d_end = np.searchsorted(d_key, pair_keys, "right")
-    img_ids = np.asarray(p.imgIds, dtype=np.int64)
-    # evaluations[(c * num_areas + a) * num_images + i], filled chunk by chunk
-    layout: List[List[list]] = [[] for _ in range(num_cats * num_areas)]
-    for start in range(0, len(img_ids), images_per_chunk):
-        chunk = img_ids[start : start + images_per_chunk]
-        lo, hi = chunk[0], chunk[-1]
-        gt_ds, dt_ds = _C.Dataset(), _C.Dataset()
-        gs = slice(np.searchsorted(g_img, lo, "left"), np.searchsorted(g_img, hi, "right"))
-        g_sel = g_order[gs]
-        g_sel = g_sel[np.isin(gt.image_ids[g_sel], chunk)]
-        for img, cat, ann_id, area, crowd, ignore in zip(
-            gt.image_ids[g_sel].tolist(),
-            gt.categories[g_sel].tolist(),
-            gt.ann_ids[g_sel].tolist(),
-            gt.areas[g_sel].tolist(),
-            gt.iscrowd[g_sel].tolist(),
-            gt_ignore[g_sel].tolist(),
-        ):
-            gt_ds.append_ref(
-                img, cat, {"id": ann_id, "area": area, "iscrowd": crowd, "ignore": int(ignore)}
-            )
-        ds = slice(np.searchsorted(d_img, lo, "left"), np.searchsorted(d_img, hi, "right"))
-        d_sel = d_order[ds]
-        d_sel = d_sel[np.isin(dets.image_ids[d_sel], chunk)]
-        for img, cat, det_id, score, area in zip(
-            dets.image_ids[d_sel].tolist(),
-            dets.classes[d_sel].tolist(),
-            (d_sel + 1).tolist(),
-            dets.scores[d_sel].tolist(),
-            areas[d_sel].tolist(),
-        ):
-            dt_ds.append_ref(img, cat, {"id": det_id, "score": score, "area": area})
-        ious = [[[] for _ in cat_ids] for _ in chunk]
-        img_pos = {int(img): i for i, img in enumerate(chunk)}
-        first = np.searchsorted(pair_keys, lo * span, "left")
-        last = np.searchsorted(pair_keys, (hi + 1) * span, "left")
-        for q in range(first, last):
-            d0, d1 = pair_d_start[q], pair_d_end[q]
-            key = int(pair_keys[q])
-            img, cat = key // span, key % span
-            if d1 == d0 or img not in img_pos or cat not in cat_pos:
-                continue
-            d = d_order[d0 : min(d1, d0 + max_det)]
-            g = g_order[pair_starts[q] : pair_ends[q]]
-            ious[img_pos[img]][cat_pos[cat]] = scorer(d, g, cat)
-        chunk_ids = chunk.tolist()
-        evals = _C.COCOevalEvaluateImages(
-            p.areaRng, max_det, p.iouThrs, ious, gt_ds, dt_ds, chunk_ids, cat_ids, True
+    evaluated = np.asarray(p.imgIds, dtype=np.int64)
+    # Detections by (category, image, descending score), stable: pycocotools' order within a
+    # (image, category); garments by (category, image) in json order.
+    d_order = np.lexsort((-dets.scores.astype(np.float64), dets.image_ids, dets.classes))
+    d_order = d_order[np.isin(dets.image_ids[d_order], evaluated)]
+    g_order = np.lexsort((gt.image_ids, gt.categories))
+    g_order = g_order[np.isin(gt.image_ids[g_order], evaluated)]
+    d_cat, g_cat = dets.classes[d_order], gt.categories[g_order]
+    num_t, num_r, num_a, num_m = len(p.iouThrs), len(p.recThrs), len(p.areaRng), len(p.maxDets)
+    precision = -np.ones((num_t, num_r, len(p.catIds), num_a, num_m))
+    recall = -np.ones((num_t, len(p.catIds), num_a, num_m))
+    scores = -np.ones((num_t, num_r, len(p.catIds), num_a, num_m))
+    for k, cat in enumerate(p.catIds):
+        # One category at a time: its per-image results are accumulated, then freed.
+        d = d_order[np.searchsorted(d_cat, cat, "left") : np.searchsorted(d_cat, cat, "right")]
+        g = g_order[np.searchsorted(g_cat, cat, "left") : np.searchsorted(g_cat, cat, "right")]
+        if not len(d) and not len(g):
+            continue  # pycocotools skips images without either; all -1
+        result = _evaluate_category(
+            p, cat, d, g, dets, gt, areas, gt_ignore, scorer, images_per_chunk
         )
-        n = len(chunk_ids)
-        for ca in range(num_cats * num_areas):
-            layout[ca].extend(evals[ca * n : (ca + 1) * n])
-    evaluations = [e for per_ca in layout for e in per_ca]
+        precision[:, :, k] = result["precision"][:, :, 0]
+        recall[:, k] = result["recall"][:, 0]
+        scores[:, :, k] = result["scores"][:, :, 0]
     coco_eval = COCOeval_faster(
         iouType=task, kpt_oks_sigmas=kpt_oks_sigmas, print_function=logger.debug
     )
     coco_eval.params = p
-    coco_eval.eval = _C.COCOevalAccumulate(p, evaluations)
+    coco_eval.eval = {
+        "params": p,
+        "counts": [num_t, num_r, len(p.catIds), num_a, num_m],
+        "precision": precision,
+        "recall": recall,
+        "scores": scores,
+    }
     coco_eval.summarize()
     return coco_eval
+
+
+def _evaluate_category(
+    p: Params,
+    cat: int,
+    d: np.ndarray,
+    g: np.ndarray,
+    dets: CompactDetections,
+    gt: CompactGroundTruth,
+    areas: np.ndarray,
+    gt_ignore: np.ndarray,
+    scorer: _Scorer,
+    images_per_chunk: int,
+) -> dict:
+    """faster-coco-eval's evaluate + accumulate of one category over the images where it has
+    a detection or a garment (``d``, ``g``: indices sorted by image, ``d`` by descending score
+    within an image)."""
+    max_det = p.maxDets[-1]
+    d_img, g_img = dets.image_ids[d], gt.image_ids[g]
+    images = np.union1d(d_img, g_img)
+    params = copy.copy(p)
+    params.catIds = [cat]
+    params.imgIds = images.tolist()
+    num_areas = len(p.areaRng)
+    layout: List[list] = [[] for _ in range(num_areas)]
+    for start in range(0, len(images), images_per_chunk):
+        chunk = images[start : start + images_per_chunk]
+        lo, hi = chunk[0], chunk[-1]
+        gt_ds, dt_ds = _C.Dataset(), _C.Dataset()
+        gs = g[np.searchsorted(g_img, lo, "left") : np.searchsorted(g_img, hi, "right")]
+        for img, ann_id, area, crowd, ignore in zip(
+            gt.image_ids[gs].tolist(),
+            gt.ann_ids[gs].tolist(),
+            gt.areas[gs].tolist(),
+            gt.iscrowd[gs].tolist(),
+            gt_ignore[gs].tolist(),
+        ):
+            gt_ds.append_ref(
+                img, cat, {"id": ann_id, "area": area, "iscrowd": crowd, "ignore": int(ignore)}
+            )
+        ds = d[np.searchsorted(d_img, lo, "left") : np.searchsorted(d_img, hi, "right")]
+        for img, det_id, score, area in zip(
+            dets.image_ids[ds].tolist(),
+            (ds + 1).tolist(),
+            dets.scores[ds].tolist(),
+            areas[ds].tolist(),
+        ):
+            dt_ds.append_ref(img, cat, {"id": det_id, "score": score, "area": area})
+        ious = []
+        gs_img, ds_img = gt.image_ids[gs], dets.image_ids[ds]
+        g_bounds = np.searchsorted(gs_img, chunk, "left"), np.searchsorted(gs_img, chunk, "right")
+        d_bounds = np.searchsorted(ds_img, chunk, "left"), np.searchsorted(ds_img, chunk, "right")
+        for i in range(len(chunk)):
+            gi = gs[g_bounds[0][i] : g_bounds[1][i]]
+            di = ds[d_bounds[0][i] : d_bounds[1][i]][:max_det]
+            ious.append([scorer(di, gi, cat) if len(gi) and len(di) else []])
+        chunk_ids = chunk.tolist()
+        evals = _C.COCOevalEvaluateImages(
+            p.areaRng, max_det, p.iouThrs, ious, gt_ds, dt_ds, chunk_ids, [cat], True
+        )
+        n = len(chunk_ids)
+        for a in range(num_areas):
+            layout[a].extend(evals[a * n : (a + 1) * n])
+    return _C.COCOevalAccumulate(params, [e for per_area in layout for e in per_area])

@@ -185,27 +185,29 @@ class DetectionAccumulator:
         return xy[det, self._slots[pos]], sizes
 
     def result(self) -> CompactDetections:
-        """Everything added so far, concatenated (image order kept)."""
+        """Everything added so far, concatenated (image order kept). The per-image pieces are
+        replaced by the concatenation, so memory is not held twice."""
         if not self._parts:
             return CompactDetections.empty(bool(self._k), self._k)
-
-        def cat(key):
-            return np.concatenate([p[key] for p in self._parts])
-
+        if len(self._parts) > 1:
+            self._parts = [
+                {key: np.concatenate([p[key] for p in self._parts]) for key in self._parts[0]}
+            ]
+        part = self._parts[0]
         out = CompactDetections(
-            image_ids=cat("image_ids"),
-            classes=cat("classes"),
-            scores=cat("scores"),
-            boxes=cat("boxes"),
+            image_ids=part["image_ids"],
+            classes=part["classes"],
+            scores=part["scores"],
+            boxes=part["boxes"],
         )
         if self._k:
-            out.extent = cat("extent")
-            out.block_xy = cat("block_xy")
-            out.block_offsets = np.concatenate([[0], np.cumsum(cat("block_sizes"))]).astype(
+            out.extent = part["extent"]
+            out.block_xy = part["block_xy"]
+            out.block_offsets = np.concatenate([[0], np.cumsum(part["block_sizes"])]).astype(
                 np.int64
             )
-            out.full_index = cat("full_index_local")
-            out.full_xy = cat("full_xy").reshape(-1, self._k, 2)
+            out.full_index = part["full_index_local"]
+            out.full_xy = part["full_xy"].reshape(-1, self._k, 2)
         return out
 
 
