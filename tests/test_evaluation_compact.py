@@ -257,3 +257,16 @@ def test_two_process_launch_equals_single_process(tmp_path):
     order = [r["image_id"] for r in records]
     images = [inputs["image_id"] for inputs, inst in predictions for _ in range(len(inst))]
     assert order == [i for i in images if i % 2 == 1] + [i for i in images if i % 2 == 0]
+
+
+def test_save_results_false_writes_only_the_submission(generated, tmp_path):
+    name, _, _, predictions = generated
+    ev = DeepFashion2Evaluator(
+        name, distributed=False, output_dir=str(tmp_path), write_submission=True, save_results=False
+    )
+    res = _run(ev, predictions[:5])
+    assert "bbox" in res
+    assert sorted(os.listdir(tmp_path)) == [
+        "deepfashion2_bbox_results.json",
+        "deepfashion2_keypoints_results.json",
+    ]

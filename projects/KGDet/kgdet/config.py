@@ -221,3 +221,7 @@ def add_kgdet_config(cfg: CN) -> None:
     _C.TEST.FLD_VISIBLE_ONLY = True
     # Write DeepFashion2 submission files (bbox and keypoint results) during --eval-only.
     _C.TEST.WRITE_SUBMISSION = False
+    # Write Detectron2's coco_instances_results.json (every detection with all K keypoints) into
+    # the evaluation's output directory. False keeps only the metrics: at the DeepFashion2
+    # validation size with 100 detections per image the file holds ~3.2 M records of 882 numbers.
+    _C.TEST.SAVE_COCO_RESULTS = True

@@ -29,6 +29,9 @@ gathering, per-category AP, NaN for zero detections) and changes only what the p
   with ``area`` = box area (DeepFashion2's definition: the OKS scale and the size bucket),
   without mutating the registered dicts, and (unlike ``COCOEvaluator``) without leaving
   ``json_file`` in the metadata, so every evaluator converts the current dicts;
+- ``save_results=False`` (``TEST.SAVE_COCO_RESULTS False``) skips Detectron2's
+  ``coco_instances_results.json`` (all K keypoints of every detection: tens of GB at the
+  DeepFashion2 validation size with 100 detections per image);
 - a dataset without annotations (``deepfashion2_test``) is not evaluated; with
   ``write_submission=True`` the official bbox and keypoint result files are written
   (:mod:`kgdet.evaluation.submission`);
@@ -166,6 +169,7 @@ class DeepFashion2Evaluator(COCOEvaluator):
         official_keypoint_area: bool = True,
         write_submission: bool = False,
         kpt_oks_sigmas: Sequence[float] = (),
+        save_results: bool = True,
     ):
         tasks = tuple(tasks)
         unknown = set(tasks) - {"bbox", "keypoints"}
@@ -257,6 +261,7 @@ class DeepFashion2Evaluator(COCOEvaluator):
         self._keypoint_gt_variant = keypoint_gt_variant
         self._official_keypoint_area = official_keypoint_area
         self._write_submission = write_submission
+        self._save_results = save_results
         if not self._coco_api.dataset.get("annotations"):
             self._do_evaluation = False
         if self._do_evaluation:
@@ -357,7 +362,7 @@ class DeepFashion2Evaluator(COCOEvaluator):
                 "images' predictions and absent in others."
             )
         self._num_images += 1
-        if kps is not None and (self._output_dir or self._write_submission):
+        if kps is not None and (self._output_dir and self._save_results or self._write_submission):
             if self._spill is None:
                 self._spill = KeypointSpill(
                     self._output_dir or ".", kps.shape[1] if kps.ndim == 3 else 0
@@ -465,19 +470,17 @@ class DeepFashion2Evaluator(COCOEvaluator):
         (``write_submission``), record by record, atomically."""
         if self._write_submission and not self._output_dir:
             raise ValueError("TEST.WRITE_SUBMISSION needs an output directory.")
-        if not self._output_dir:
+        if not self._output_dir or not (self._save_results or self._write_submission):
             return
         main = not distributed or comm.is_main_process()
         paths = {}
-        if main:
+        if main and self._save_results:
             paths["results"] = os.path.join(self._output_dir, "coco_instances_results.json")
             self._logger.info(f"Saving results to {paths['results']}")
-            if self._write_submission:
-                paths["bbox"] = os.path.join(self._output_dir, SUBMISSION_FILES["bbox"])
-                if self._results_have_keypoints or not len(dets):
-                    paths["keypoints"] = os.path.join(
-                        self._output_dir, SUBMISSION_FILES["keypoints"]
-                    )
+        if main and self._write_submission:
+            paths["bbox"] = os.path.join(self._output_dir, SUBMISSION_FILES["bbox"])
+            if self._results_have_keypoints or not len(dets):
+                paths["keypoints"] = os.path.join(self._output_dir, SUBMISSION_FILES["keypoints"])
         chunk = self.result_chunk_size
 
         def chunks():
@@ -539,7 +542,7 @@ class DeepFashion2Evaluator(COCOEvaluator):
                     )
                 result["category_id"] = reverse[result["category_id"]]
 
-        if self._output_dir:
+        if self._output_dir and self._save_results:
             path = os.path.join(self._output_dir, "coco_instances_results.json")
             self._logger.info(f"Saving results to {path}")
             write_json_atomic(path, coco_results)
