@@ -53,12 +53,12 @@ import cv2
 import tqdm
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.engine import DefaultPredictor
 from detectron2.utils.logger import setup_logger
 
 from kgdet import get_kgdet_cfg  # importing kgdet registers the model and datasets
 from kgdet.data.image_io import read_image  # Detectron2's read_image, exact 8-bit conversion
 from kgdet.evaluation.garment_visualizer import GarmentVisualizer
+from kgdet.predictor import KGDetPredictor
 from kgdet.file_io import write_atomic, write_json_atomic
 
 logger = logging.getLogger("kgdet.demo")
@@ -262,7 +262,7 @@ def run_demo(args: argparse.Namespace) -> Tuple[int, int]:
 
         predictor = ExportedPredictor(cfg, args.exported, device=cfg.MODEL.DEVICE)
     else:
-        predictor = DefaultPredictor(cfg)
+        predictor = KGDetPredictor(cfg)
     os.makedirs(args.output, exist_ok=True)
     out_names = _output_names(paths)
     records, skipped = [], []

@@ -28,13 +28,13 @@ cli.filter_third_party_warnings(replay=_import_warnings)
 
 import detectron2.engine.defaults as d2_defaults
 import detectron2.utils.comm as comm
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import build_detection_train_loader
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, hooks, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils.logger import setup_logger
 
 from kgdet import get_kgdet_cfg  # importing kgdet registers the model, backbone and datasets
+from kgdet.checkpoint import KGDetCheckpointer
 from kgdet.data import KGDetDatasetMapper, build_kgdet_test_loader
 from kgdet.evaluation import build_kgdet_evaluator, check_oks_sigmas_config
 from kgdet.solver import build_optimizer
@@ -54,18 +54,24 @@ def _create_ddp_model(model, **kwargs):
 
 
 _d2_create_ddp_model = d2_defaults.create_ddp_model
+_d2_checkpointer = d2_defaults.DetectionCheckpointer
 
 
 class Trainer(DefaultTrainer):
-    """DefaultTrainer with KGDet's mapper, evaluator and optimizer (and CPU-capable DDP)."""
+    """DefaultTrainer with KGDet's mapper, evaluator and optimizer (and CPU-capable DDP); its
+    checkpointer is a ``KGDetCheckpointer`` (an unreadable checkpoint is named in one line;
+    ``--resume`` falls back to the newest readable checkpoint in OUTPUT_DIR)."""
 
     def __init__(self, cfg):
-        # DefaultTrainer.__init__ wraps the model with the module-level create_ddp_model.
+        # DefaultTrainer.__init__ wraps the model with the module-level create_ddp_model and
+        # builds the module-level DetectionCheckpointer.
         d2_defaults.create_ddp_model = _create_ddp_model
+        d2_defaults.DetectionCheckpointer = KGDetCheckpointer
         try:
             super().__init__(cfg)
         finally:
             d2_defaults.create_ddp_model = _d2_create_ddp_model
+            d2_defaults.DetectionCheckpointer = _d2_checkpointer
 
     @classmethod
     def build_train_loader(cls, cfg):
@@ -116,7 +122,7 @@ def main(args):
 
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        KGDetCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         res = Trainer.test(cfg, model)

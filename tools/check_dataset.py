@@ -8,9 +8,11 @@
 
 Runs every check the project applies when a dataset is registered, loaded and evaluated
 (:mod:`kgdet.data.validation`: structure, ids, categories, boxes, keypoints, fields that are
-filled in), then decodes every image exactly as training will (:mod:`kgdet.data.image_io`, with
-a progress bar) and checks that it is readable, not mirrored or rotated by an EXIF orientation
-tag, of the size the annotations give, and large enough for its boxes. Writes a tab-separated
+filled in; :mod:`kgdet.data.consistency`: photos listed twice, boxes of zero width or height,
+landmarks outside their class block, no labelled landmark at all), then decodes every image
+exactly as training will (:mod:`kgdet.data.image_io`, with a progress bar) and checks that it
+is readable, not mirrored or rotated by an EXIF orientation tag, of the size the annotations
+give, and large enough for its boxes. Writes a tab-separated
 report (``--report``, default ``output/check_dataset/<name>.report.txt``) and prints a summary.
 Exit status 1 when something would break or falsify training or evaluation (any ERROR row), 0
 otherwise (WARNING rows: filled fields, subset categories, converted pixel formats).
@@ -33,6 +35,7 @@ import tqdm
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 import kgdet  # noqa: F401 - registers the built-in datasets
+from kgdet.data.consistency import check_coco_consistency
 from kgdet.data.conversion import ConversionReport
 from kgdet.data.image_io import ImageReadError, inspect_image
 from kgdet.data.register import DEEPFASHION2_SCHEMA, FLD_SCHEMA
@@ -185,6 +188,25 @@ def _check_images(
     return ok
 
 
+_CONSISTENCY_FIELDS = {
+    "file_name_listed_twice": ("images.file_name", "registration and evaluation refuse the file"),
+    "zero_size_box": ("bbox", "registration and evaluation refuse the file"),
+    "keypoints_outside_class": ("keypoints", "registration and evaluation refuse the file"),
+    "no_labelled_keypoints": ("keypoints", "keypoint AP not computed (box AP only)"),
+}
+
+
+def _report_consistency(
+    data: Dict, json_file: str, schema: AnnotationSchema, report: ConversionReport
+) -> None:
+    """One report row per kind of problem across records (with its count and examples)."""
+    consistency = check_coco_consistency(data, json_file, schema.class_keypoint_slots or None)
+    for finding in consistency.findings:
+        field, action = _CONSISTENCY_FIELDS.get(finding.kind, ("(file)", ""))
+        add = report.error if finding.level == "error" else report.warning
+        add(finding.kind, json_file, field, finding.message, action)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run every check; returns the exit status (1 when there is an ERROR)."""
     name, json_file, image_root = _resolve(args)
@@ -195,13 +217,14 @@ def run(args: argparse.Namespace) -> int:
         try:
             data = load_json_file(json_file)
             schema = _schema_for(args.kind, data)
-            check = check_coco_annotations(data, json_file, schema)
+            check = check_coco_annotations(data, json_file, schema, check_consistency=False)
         except (AnnotationFileError, OSError) as e:
             report.error("annotation_file", json_file, "(file)", str(e), "training/evaluation fail")
             data = None
         else:
             for message in check.messages():
                 report.warning("annotation_file", json_file, "(file)", message, "handled")
+            _report_consistency(data, json_file, schema, report)
             summary.append(
                 f"{check.num_images} images, {check.num_annotations} annotations "
                 f"({schema.dataset} schema)"

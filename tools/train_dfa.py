@@ -27,7 +27,6 @@ cli.filter_third_party_warnings(replay=_import_warnings)
 
 import torch
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
@@ -36,6 +35,7 @@ from dfa import add_dfa_config, train_all_stages
 from dfa.evaluation import evaluate_dfa, format_stage_table
 from dfa.training import StaleStageError, final_checkpoint_path, last_consistent_stage
 from kgdet import build_config  # importing kgdet registers the FLD-format datasets
+from kgdet.checkpoint import KGDetCheckpointer
 
 logger = logging.getLogger("dfa.train_dfa")
 
@@ -73,7 +73,7 @@ def trained_cascade(cfg):
                 raise stale
             logger.warning(f"Evaluating stages 1..{last} only: {stale}")
         path = final_checkpoint_path(cfg.OUTPUT_DIR, last)
-    DetectionCheckpointer(model).load(path)
+    KGDetCheckpointer(model).load(path)
     flags = model.stage_trained.tolist()
     model.test_stages = next((i for i, ok in enumerate(flags) if not ok), len(flags))
     model.test_stages = min(model.test_stages, model.num_stages)

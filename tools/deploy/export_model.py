@@ -30,7 +30,6 @@ cli.filter_third_party_warnings(replay=_import_warnings)
 import torch  # noqa: E402
 
 import detectron2.data.transforms as T
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data.detection_utils import read_image
 from detectron2.modeling import build_model
 from detectron2.modeling.postprocessing import detector_postprocess
@@ -38,7 +37,8 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.logger import setup_logger
 
 from kgdet import get_kgdet_cfg
-from kgdet.export import DEFORM_OPS, export_model, load_exported_model
+from kgdet.checkpoint import KGDetCheckpointer
+from kgdet.export import DEFORM_OPS, compare_detections, export_model, load_exported_model
 
 logger = logging.getLogger("kgdet.export")
 
@@ -86,7 +86,8 @@ def sample_image(cfg, path) -> torch.Tensor:
 
 
 def compare(model, exported, image: torch.Tensor) -> str:
-    """One line: detections of both and their largest differences on ``image``."""
+    """One line: detections of both, matched as sets, and their largest differences on
+    ``image`` (:func:`kgdet.export.compare_detections`)."""
     with torch.no_grad():
         ref = model([{"image": image}])[0]["instances"]
     raw = exported(image)
@@ -94,20 +95,7 @@ def compare(model, exported, image: torch.Tensor) -> str:
     fields = {k: v for k, v in raw.items() if k not in ("image_size", "pred_boxes")}
     out = Instances((h, w), pred_boxes=Boxes(raw["pred_boxes"]), **fields)
     out = detector_postprocess(out, h, w)  # as the model's forward and ExportedPredictor
-    text = f"detections: PyTorch {len(ref)}, exported {len(out)}"
-    if len(out) == len(ref) and len(out):
-        diffs = {
-            "boxes": (ref.pred_boxes.tensor - out.pred_boxes.tensor).abs().max(),
-            "scores": (ref.scores - out.scores).abs().max(),
-        }
-        if ref.has("pred_keypoints"):
-            diffs["keypoints"] = ref.pred_keypoints[..., :2] - out.pred_keypoints[..., :2]
-            diffs["keypoints"] = diffs["keypoints"].abs().max()
-        same = bool((ref.pred_classes == out.pred_classes).all())
-        text += f"; same classes: {same}; max abs difference " + ", ".join(
-            f"{k} {float(v):.2e}" for k, v in diffs.items()
-        )
-    return text
+    return compare_detections(ref, out)
 
 
 def main(argv=None) -> int:
@@ -124,7 +112,7 @@ def _export(args: argparse.Namespace) -> int:
     cfg.freeze()
     cli.check_weights(cfg)
     model = build_model(cfg).eval()
-    DetectionCheckpointer(model).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
+    KGDetCheckpointer(model).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
     image = sample_image(cfg, args.sample_image)
     path = os.path.join(args.output, FILE_NAMES[args.format])
     onnx_kwargs = {}

@@ -1,4 +1,6 @@
-"""Import of official (mmdetection v1) KGDet checkpoints."""
+"""Checkpoints: reading them safely, and import of official (mmdetection v1) KGDet ones."""
+
+from .checkpointer import CheckpointReadError, KGDetCheckpointer
 
 from .convert import (
     OfficialCheckpointError,

@@ -20,6 +20,10 @@ training and evaluation later feed to the model:
   transparent colour) are composited over white (``ALPHA_BACKGROUND``) instead of showing
   whatever colour is stored under transparent pixels; 32-bit integer and float images (no
   defined 8-bit scale) are refused with :class:`ImageReadError`.
+- **Arrays handed to a predictor** (:func:`as_uint8_image`, used by every predictor of the
+  project) are converted by the same rules: gray (H, W) replicated, a 4th (alpha) channel
+  composited over white, 16-bit values scaled to 8 bits; float arrays are refused, since
+  [0, 1] and [0, 255] scales cannot be told apart.
 
 For every 8-bit RGB image without transparency the result equals Detectron2's ``read_image``.
 """
@@ -39,6 +43,8 @@ __all__ = [
     "ALPHA_BACKGROUND",
     "EXIF_ORIENTATION_NAMES",
     "ImageReadError",
+    "ImageArrayError",
+    "as_uint8_image",
     "ImageInfo",
     "DecodedImage",
     "decode_image",
@@ -139,16 +145,77 @@ def _to_8bit_rgb(image: Image.Image, path: str) -> Image.Image:
             f"pixel format '{mode}': {_REFUSED_MODES[mode]}; expected an 8-bit or 16-bit image",
         )
     if mode in _SIXTEEN_BIT_MODES:
-        values = np.asarray(image, dtype=np.float64)
-        gray = np.clip(np.round(values * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
+        gray = _sixteen_to_eight_bit(np.asarray(image))
         return Image.fromarray(gray, mode="L").convert("RGB")
     if mode == "P" and "transparency" in image.info:
         image, mode = image.convert("RGBA"), "RGBA"
     if mode in _ALPHA_MODES:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, ALPHA_BACKGROUND + (255,))
-        return Image.alpha_composite(background, rgba).convert("RGB")
+        return _composite_over_background(image.convert("RGBA"))
     return image.convert("RGB")
+
+
+def _sixteen_to_eight_bit(values: np.ndarray) -> np.ndarray:
+    """16-bit values (0..65535) scaled to 8 bits: round(v * 255 / 65535)."""
+    scaled = np.round(np.asarray(values, dtype=np.float64) * (255.0 / 65535.0))
+    return np.clip(scaled, 0, 255).astype(np.uint8)
+
+
+def _composite_over_background(rgba: Image.Image) -> Image.Image:
+    """An RGBA PIL image composited over :data:`ALPHA_BACKGROUND`, as RGB."""
+    background = Image.new("RGBA", rgba.size, ALPHA_BACKGROUND + (255,))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+class ImageArrayError(ValueError):
+    """An image array a predictor cannot take; the message gives what was given and expected."""
+
+
+def as_uint8_image(image, channel_order: str = "BGR", name: str = "image") -> np.ndarray:
+    """The (H, W, 3) uint8 array in ``channel_order`` that a predictor takes, from an array.
+
+    Args:
+        image: (H, W, 3) uint8 in ``channel_order`` (returned as is), or an array converted as
+            an image file of that kind is by :func:`decode_image`: gray (H, W) or (H, W, 1)
+            (replicated to 3 channels), (H, W, 4) = ``channel_order`` + alpha (e.g. BGRA from
+            ``cv2.imread(..., cv2.IMREAD_UNCHANGED)``; composited over
+            :data:`ALPHA_BACKGROUND`), uint16 in any of these shapes (v * 255 / 65535, rounded).
+        channel_order: "BGR" or "RGB": the order the predictor expects (for messages and for
+            the colour channels of a 4-channel array).
+        name: what the array is, for the message (e.g. "DFAPredictor image").
+
+    Raises:
+        ImageArrayError: (a ``ValueError``) not a numpy array, float or other dtypes (never
+            guessed: [0, 1] and [0, 255] look alike), another shape or an empty image; one line
+            saying what was given and what is expected.
+    """
+    expected = (
+        f"expected (H, W, 3) uint8 in {channel_order} order (gray (H, W), {channel_order}A "
+        "(H, W, 4) and 16-bit arrays are converted as image files are)"
+    )
+    if not isinstance(image, np.ndarray):
+        raise ImageArrayError(f"{name}: got a {type(image).__name__}; {expected}")
+    shape = tuple(image.shape)
+    given = f"{name}: got shape {shape} dtype {image.dtype}"
+    if image.dtype.kind == "f":
+        raise ImageArrayError(
+            f"{given}; {expected}; float images are refused (a [0, 1] or [0, 255] scale cannot "
+            "be told apart): convert with (image * 255).round().astype(np.uint8) if in [0, 1]"
+        )
+    if image.dtype not in (np.uint8, np.uint16):
+        raise ImageArrayError(f"{given}; {expected}")
+    if image.ndim == 3 and shape[2] == 1:
+        image = image[:, :, 0]
+    if not (image.ndim == 2 or (image.ndim == 3 and shape[2] in (3, 4))) or 0 in shape[:2]:
+        raise ImageArrayError(f"{given}; {expected}")
+    if image.dtype == np.uint16:
+        image = _sixteen_to_eight_bit(image)
+    if image.ndim == 2:
+        return np.repeat(image[:, :, None], 3, axis=2)
+    if shape[2] == 4:
+        rgba = image[:, :, [2, 1, 0, 3]] if channel_order == "BGR" else image
+        rgb = np.asarray(_composite_over_background(Image.fromarray(np.ascontiguousarray(rgba))))
+        image = rgb[:, :, ::-1] if channel_order == "BGR" else rgb
+    return np.ascontiguousarray(image)
 
 
 def _open(path: str) -> Image.Image:

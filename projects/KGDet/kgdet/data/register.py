@@ -15,12 +15,18 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
 from .deepfashion2_meta import (
+    DF2_CLASS_KEYPOINT_SLOTS,
     DF2_CLASS_NAMES,
     DF2_NUM_KEYPOINTS,
     DF2_RAW_CATEGORY_NAMES,
     get_deepfashion2_metadata,
 )
-from .fld_meta import FLD_CLASS_NAMES, FLD_NUM_KEYPOINTS, get_fld_metadata
+from .fld_meta import (
+    FLD_CLASS_KEYPOINT_SLOTS,
+    FLD_CLASS_NAMES,
+    FLD_NUM_KEYPOINTS,
+    get_fld_metadata,
+)
 from .validation import AnnotationSchema, check_annotation_file, has_valid_polygon, load_json_file
 
 __all__ = [
@@ -46,8 +52,15 @@ DEEPFASHION2_SCHEMA = AnnotationSchema(
     tuple(DF2_CLASS_NAMES),
     tuple((n,) for n in DF2_RAW_CATEGORY_NAMES),
     DF2_NUM_KEYPOINTS,
+    tuple(tuple(s) for s in DF2_CLASS_KEYPOINT_SLOTS),
 )
-FLD_SCHEMA = AnnotationSchema("FLD", tuple(FLD_CLASS_NAMES), (), FLD_NUM_KEYPOINTS)
+FLD_SCHEMA = AnnotationSchema(
+    "FLD",
+    tuple(FLD_CLASS_NAMES),
+    (),
+    FLD_NUM_KEYPOINTS,
+    tuple(tuple(s) for s in FLD_CLASS_KEYPOINT_SLOTS),
+)
 
 
 def coco_json_to_dataset_dicts(

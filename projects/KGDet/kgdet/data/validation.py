@@ -19,6 +19,12 @@ reported before training or inference starts, never by pycocotools at the end of
   ``"short sleeve top"`` spelling; case, spaces and underscores ignored), in any order, also
   when only a subset is listed. Anything else is one error naming the json and every category
   that differs. Class indices always follow the official ids.
+- **Box-only files**: an annotation whose ``keypoints`` is ``[]`` or missing gets K unlabelled
+  slots (0, 0, 0) (counted and logged).
+- **Across records and fields** (:mod:`kgdet.data.consistency`, after the checks above): a
+  ``file_name`` used by several image records, boxes of zero width or height, labelled
+  landmarks outside the annotation's class block are errors; a set without any labelled
+  landmark is one warning (keypoint AP is not computed).
 - **Segmentation** is not used by KGDet: a garment whose polygons are all invalid (fewer than 3
   points, odd length) keeps its box, class and keypoints (Detectron2's ``load_coco_json`` would
   drop it from training while evaluation keeps it); the count is logged.
@@ -31,6 +37,8 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from .consistency import ConsistencyReport, check_coco_consistency
 
 __all__ = [
     "AnnotationFileError",
@@ -59,12 +67,14 @@ def _norm(name: Any) -> str:
 @dataclass(frozen=True)
 class AnnotationSchema:
     """What a dataset's json must match: official category ids 1..C with their names (and
-    accepted alternative names per id), and K keypoint slots (0 = no keypoints required)."""
+    accepted alternative names per id), K keypoint slots (0 = no keypoints required) and, per
+    class, the global slots it has (``class_keypoint_slots``; empty = not checked)."""
 
     dataset: str
     class_names: Tuple[str, ...]
     alternative_names: Tuple[Tuple[str, ...], ...] = ()
     num_keypoints: int = 0
+    class_keypoint_slots: Tuple[Tuple[int, ...], ...] = ()
 
     @property
     def official_ids(self) -> Tuple[int, ...]:
@@ -85,11 +95,12 @@ class AnnotationSchema:
 
         classes = list(metadata.get("thing_classes", None) or ())
         num_keypoints = len(metadata.get("keypoint_names", None) or ())
+        slots = tuple(tuple(s) for s in (metadata.get("class_keypoint_slots", None) or ()))
         if classes == DF2_CLASS_NAMES:
             raw = tuple((n,) for n in DF2_RAW_CATEGORY_NAMES)
-            return cls("DeepFashion2", tuple(classes), raw, num_keypoints)
+            return cls("DeepFashion2", tuple(classes), raw, num_keypoints, slots)
         if classes == FLD_CLASS_NAMES:
-            return cls("FLD", tuple(classes), (), num_keypoints)
+            return cls("FLD", tuple(classes), (), num_keypoints, slots)
         return None
 
 
@@ -141,6 +152,7 @@ class AnnotationCheck:
     filled: Counter = field(default_factory=Counter)
     without_valid_polygon: int = 0
     listed_category_ids: Tuple[int, ...] = ()
+    consistency: Optional[ConsistencyReport] = None
 
     def messages(self) -> List[str]:
         """Human-readable notes (one line each) about what was filled or accepted."""
@@ -149,10 +161,12 @@ class AnnotationCheck:
             "area": "the box area w * h (DeepFashion2's definition)",
             "iscrowd": "0",
             "num_keypoints": "the number of keypoints with v > 0",
+            "keypoints": f"{self.schema.num_keypoints} unlabelled slots (0, 0, 0)",
         }
         for key, n in sorted(self.filled.items()):
+            missing = "missing or empty" if key == "keypoints" else "missing"
             out.append(
-                f"{self.json_file}: '{key}' missing in {n} of {self.num_annotations} "
+                f"{self.json_file}: '{key}' {missing} in {n} of {self.num_annotations} "
                 f"annotations; filled with {definitions[key]}"
             )
         if self.without_valid_polygon:
@@ -167,6 +181,8 @@ class AnnotationCheck:
                 f"{len(official)} official {self.schema.dataset} categories; class indices "
                 "follow the official ids"
             )
+        if self.consistency is not None:
+            out += [f"{self.json_file}: {f.message}" for f in self.consistency.warnings]
         return out
 
     def log(self) -> None:
@@ -264,7 +280,12 @@ def _check_images(data: Dict, problems: _Problems) -> Dict[Any, str]:
 
 
 def check_coco_annotations(
-    data: Dict, json_file: str, schema: AnnotationSchema, *, fill: bool = True
+    data: Dict,
+    json_file: str,
+    schema: AnnotationSchema,
+    *,
+    fill: bool = True,
+    check_consistency: bool = True,
 ) -> AnnotationCheck:
     """Check (and with ``fill``, complete in place) one COCO-style annotation dict.
 
@@ -272,10 +293,15 @@ def check_coco_annotations(
         data: the parsed json.
         json_file: its path (used in messages).
         schema: the dataset's :class:`AnnotationSchema`.
-        fill: fill missing ``area`` / ``iscrowd`` / ``num_keypoints`` in ``data``.
+        fill: fill missing ``area`` / ``iscrowd`` / ``num_keypoints`` (and empty or missing
+            ``keypoints``) in ``data``.
+        check_consistency: also run the checks across records and fields
+            (:func:`kgdet.data.consistency.check_coco_consistency`); their errors raise here,
+            their warnings go to ``AnnotationCheck.consistency`` and ``messages()``.
 
     Returns:
-        :class:`AnnotationCheck` (counts of what was filled, garments without a valid polygon).
+        :class:`AnnotationCheck` (counts of what was filled, garments without a valid polygon,
+        the consistency report).
 
     Raises:
         AnnotationFileError: the file cannot be used; the message names the json, the records
@@ -331,7 +357,12 @@ def check_coco_annotations(
             box_ok = False
         kps = ann.get("keypoints")
         kps_ok = False
-        if k:
+        if k and (kps is None or kps == []):  # a box-only record: K unlabelled slots
+            if fill:
+                kps = ann["keypoints"] = [0] * (3 * k)
+                check.filled["keypoints"] += 1
+            kps_ok = fill
+        elif k:
             if not isinstance(kps, list) or len(kps) != 3 * k:
                 got = f"{len(kps)} values" if isinstance(kps, list) else _short(kps)
                 problems.add(
@@ -364,6 +395,11 @@ def check_coco_annotations(
         if "segmentation" in ann and not has_valid_polygon(ann["segmentation"]):
             check.without_valid_polygon += 1
     problems.raise_if_any()
+    if check_consistency:
+        check.consistency = check_coco_consistency(
+            data, json_file, schema.class_keypoint_slots or None
+        )
+        check.consistency.raise_if_errors()
     check.num_images = len(image_files)
     check.num_annotations = len(annotations)
     return check

@@ -42,6 +42,11 @@ gathering, per-category AP, NaN for zero detections) and changes only what the p
   missing ``area`` / ``iscrowd`` / ``num_keypoints`` are filled with the DeepFashion2
   definition (logged), and a subset or raw-name ``categories`` list is replaced by the official
   records, so pycocotools never fails at the end of a long inference pass;
+- the ground truth is checked across records and fields (:mod:`kgdet.data.consistency`, the
+  same checks as registration and ``tools/check_dataset.py``): a photo listed twice, boxes of
+  zero width or height and landmarks outside their class block are refused when the evaluator
+  is built; a set without any labelled landmark evaluates boxes only, and keypoint AP is
+  reported as not computed (a warning with the reason, no keypoint result) instead of NaN;
 - ``kpt_oks_sigmas`` (``TEST.KEYPOINT_OKS_SIGMAS``) given by the user replace the metadata's
   sigmas only when they have K values; the evaluator logs which sigmas it uses with every
   keypoint result, and a wrong count is an error (see ``build_kgdet_evaluator``).
@@ -68,6 +73,7 @@ from detectron2.evaluation import coco_evaluation as d2_coco_evaluation
 from detectron2.structures import Instances
 from detectron2.utils import comm
 
+from ..data.consistency import check_coco_consistency
 from ..data.validation import (
     AnnotationSchema,
     check_annotation_file,
@@ -274,8 +280,36 @@ class DeepFashion2Evaluator(COCOEvaluator):
                 self._keypoint_coco_api = keypoint_gt_variant_api(
                     self._coco_api, keypoint_gt_variant
                 )
+        self._keypoint_ap_not_computed = self._check_ground_truth_consistency(meta)
         self._spill: Optional[KeypointSpill] = None
         self.reset()
+
+    def _check_ground_truth_consistency(self, meta) -> Optional[str]:
+        """Cross-record checks of the ground truth (:mod:`kgdet.data.consistency`): errors
+        raise ``AnnotationFileError``; without any labelled landmark the keypoint task is
+        dropped and the reason returned (logged once here, and with the results)."""
+        if not self._do_evaluation:
+            return None
+        slots = meta.get("class_keypoint_slots", None)
+        # Category id of class 0 in the COCO json: Detectron2's conversion of a dataset without
+        # an id mapping writes the contiguous class; a json keeps its (offset) dataset ids.
+        mapping = meta.get("thing_dataset_id_to_contiguous_id", None) or {}
+        first = min(mapping) if mapping else 0
+        if any(mapping[k] != k - first for k in mapping):
+            slots = None  # not an offset mapping: leave the landmark-block check out
+        source = meta.get("json_file", None) or f"dataset '{self._dataset_name}'"
+        report = check_coco_consistency(self._coco_api.dataset, source, slots, first)
+        report.raise_if_errors()
+        if not (report.no_labelled_keypoints and "keypoints" in (self._tasks or ())):
+            return None
+        self._tasks = tuple(t for t in self._tasks if t != "keypoints")
+        reason = (
+            f"keypoint AP ({self.keypoint_result_key}) not computed for '{self._dataset_name}': "
+            f"none of its {len(self._coco_api.dataset['annotations'])} garments has a labelled "
+            "landmark (v > 0) in 'keypoints' (a box-only annotation set); box AP only"
+        )
+        logger.warning(reason)
+        return reason
 
     @property
     def keypoint_result_key(self) -> str:
@@ -385,14 +419,18 @@ class DeepFashion2Evaluator(COCOEvaluator):
             task -> metrics on the main process (``{}`` on the others, without predictions,
             or for a dataset without annotations).
         """
-        if not self._use_fast_impl:
-            return super().evaluate(img_ids)
-        try:
-            return self._evaluate_compact(img_ids)
-        finally:
-            if self._spill is not None:
-                self._spill.close()
-                self._spill = None
+        if self._use_fast_impl:
+            try:
+                results = self._evaluate_compact(img_ids)
+            finally:
+                if self._spill is not None:
+                    self._spill.close()
+                    self._spill = None
+        else:
+            results = super().evaluate(img_ids)
+        if self._keypoint_ap_not_computed and results is not None:
+            logger.warning(self._keypoint_ap_not_computed)
+        return results
 
     def _evaluate_compact(self, img_ids=None):
         dets = self._accumulator.result()

@@ -11,6 +11,7 @@ from .exporter import (
 )
 from .fold import fold_frozen_batchnorm
 from .inference import export_inference
+from .parity import compare_detections, match_detections
 from .predictor import ExportedPredictor, load_exported_model
 
 __all__ = [
@@ -18,11 +19,13 @@ __all__ = [
     "METADATA_KEY",
     "ExportedPredictor",
     "build_tracing_adapter",
+    "compare_detections",
     "export_inference",
     "export_model",
     "export_onnx",
     "export_torchscript",
     "fold_frozen_batchnorm",
     "load_exported_model",
+    "match_detections",
     "prepare_for_export",
 ]

@@ -19,6 +19,7 @@ import detectron2.data.transforms as T
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
 
+from ..data.image_io import as_uint8_image
 from .exporter import METADATA_KEY
 
 __all__ = ["ExportedPredictor", "load_exported_model", "OnnxRuntimeModel", "TorchScriptModel"]
@@ -128,7 +129,9 @@ class ExportedPredictor:
 
     ``__call__(original_image)``: (H, W, 3) uint8 BGR image -> ``{"instances": Instances}`` in
     original-image pixels, with ``pred_boxes``, ``scores``, ``pred_classes`` and
-    ``pred_keypoints`` (N, K, 3) as the PyTorch model returns them.
+    ``pred_keypoints`` (N, K, 3) as the PyTorch model returns them. Gray, BGRA and 16-bit
+    arrays are converted and other arrays (float, other shapes) refused with one line by
+    :func:`kgdet.data.image_io.as_uint8_image` (``ImageArrayError``, a ``ValueError``).
     """
 
     def __init__(
@@ -159,6 +162,7 @@ class ExportedPredictor:
             )
 
     def __call__(self, original_image: np.ndarray) -> Dict[str, Instances]:
+        original_image = as_uint8_image(original_image, "BGR", "ExportedPredictor image")
         if self.input_format == "RGB":
             original_image = original_image[:, :, ::-1]
         height, width = original_image.shape[:2]
