@@ -190,9 +190,14 @@ class DetectionAccumulator:
         if not self._parts:
             return CompactDetections.empty(bool(self._k), self._k)
         if len(self._parts) > 1:
-            self._parts = [
-                {key: np.concatenate([p[key] for p in self._parts]) for key in self._parts[0]}
-            ]
+            # Field by field, each field's pieces freed as soon as it is joined: the transient
+            # memory is one field (the keypoint blocks), not a second copy of everything.
+            joined = {}
+            for key in sorted(self._parts[0], key=lambda k: k == "block_xy"):
+                pieces = [p.pop(key) for p in self._parts]
+                joined[key] = np.concatenate(pieces)
+                del pieces
+            self._parts = [joined]
         part = self._parts[0]
         out = CompactDetections(
             image_ids=part["image_ids"],

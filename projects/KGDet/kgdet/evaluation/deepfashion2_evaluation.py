@@ -24,7 +24,9 @@ gathering, per-category AP, NaN for zero detections) and changes only what the p
   written record by record from the compact arrays and the full keypoints kept in a temporary
   file (:mod:`kgdet.evaluation.result_files`). ``use_fast_impl=False`` is the reference: stock
   pycocotools on Detectron2's COCO json results (``instances_predictions.pth`` is written only
-  there). Box maxDets stay COCO's 1/10/100 and keypoint maxDets 20, as the official evaluation;
+  there). The compact path drops the ``keypoints`` lists from ``self._coco_api`` once its
+  arrays are built. Box maxDets stay COCO's 1/10/100 and keypoint maxDets 20, as the official
+  evaluation;
 - datasets registered as dicts (no ``json_file``) are converted to COCO json in ``output_dir``
   with ``area`` = box area (DeepFashion2's definition: the OKS scale and the size bucket),
   without mutating the registered dicts, and (unlike ``COCOEvaluator``) without leaving
@@ -281,6 +283,11 @@ class DeepFashion2Evaluator(COCOEvaluator):
                     self._coco_api, keypoint_gt_variant
                 )
         self._keypoint_ap_not_computed = self._check_ground_truth_consistency(meta)
+        if self._do_evaluation and use_fast_impl:
+            # The compact ground truth has every garment's labelled landmarks: free the K x 3
+            # lists of the json (hundreds of MB at the DeepFashion2 validation size).
+            for anno in self._coco_api.dataset.get("annotations", []):
+                anno.pop("keypoints", None)
         self._spill: Optional[KeypointSpill] = None
         self.reset()
 
