@@ -77,7 +77,8 @@ def build_kgdet_evaluator(
       (when the dataset has keypoints) keypoint AP with the metadata's OKS sigmas (or K sigmas
       the user sets in ``TEST.KEYPOINT_OKS_SIGMAS``, stated with the result), GT variant
       ``TEST.KEYPOINT_GT_VARIANT``, pycocotools when ``TEST.OFFICIAL_COCO_EVAL``, official
-      submission files when ``TEST.WRITE_SUBMISSION``;
+      submission files when ``TEST.WRITE_SUBMISSION``, Detectron2's
+      ``coco_instances_results.json`` unless ``TEST.SAVE_COCO_RESULTS False``;
     - "fld" (FLD and the FLD-layout synthetic set): box AP plus :class:`FLDEvaluator` (NE/PDL).
 
     ``output_dir`` defaults to ``cfg.OUTPUT_DIR/inference/<dataset_name>``. Box AP uses COCO's
@@ -98,6 +99,7 @@ def build_kgdet_evaluator(
             use_fast_impl=use_fast_impl,
             keypoint_gt_variant=cfg.TEST.KEYPOINT_GT_VARIANT,
             write_submission=cfg.TEST.WRITE_SUBMISSION,
+            save_results=cfg.TEST.SAVE_COCO_RESULTS,
             kpt_oks_sigmas=cfg.TEST.KEYPOINT_OKS_SIGMAS if has_keypoints else (),
         )
     if evaluator_type == "fld":
@@ -108,6 +110,7 @@ def build_kgdet_evaluator(
                     tasks=("bbox",),
                     output_dir=output_dir,
                     use_fast_impl=use_fast_impl,
+                    save_results=cfg.TEST.SAVE_COCO_RESULTS,
                 ),
                 FLDEvaluator(
                     dataset_name,

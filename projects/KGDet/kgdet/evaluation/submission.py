@@ -17,7 +17,7 @@ import logging
 import os
 from typing import Dict, List, Sequence
 
-from ..file_io import write_json_atomic
+from .result_files import write_json_lists
 
 __all__ = ["SUBMISSION_FILES", "to_submission_records", "write_deepfashion2_submission"]
 
@@ -49,6 +49,8 @@ def to_submission_records(coco_results: Sequence[dict]) -> Dict[str, List[dict]]
 def write_deepfashion2_submission(coco_results: Sequence[dict], output_dir: str) -> Dict[str, str]:
     """Write the official bbox and keypoint result files into ``output_dir`` atomically.
 
+    (The evaluator writes the same files record by record from its compact results.)
+
     Returns:
         task -> written path (the keypoint file only when the results carry keypoints).
     """
@@ -57,8 +59,8 @@ def write_deepfashion2_submission(coco_results: Sequence[dict], output_dir: str)
     for task, items in records.items():
         if task == "keypoints" and not items and coco_results:
             continue
-        path = os.path.join(output_dir, SUBMISSION_FILES[task])
-        write_json_atomic(path, items)
-        paths[task] = path
-        logger.info(f"Wrote {len(items)} DeepFashion2 {task} results to {path}")
+        paths[task] = os.path.join(output_dir, SUBMISSION_FILES[task])
+    counts = write_json_lists(paths, [records])
+    for task, path in paths.items():
+        logger.info(f"Wrote {counts[task]} DeepFashion2 {task} results to {path}")
     return paths
