@@ -23,7 +23,7 @@ from kgdet.data.deepfashion2_meta import DF2_CLASS_KEYPOINT_SLOTS
 from kgdet.data.validation import AnnotationFileError
 from kgdet.evaluation import DeepFashion2Evaluator
 
-SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "check_dataset.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "tools" / "check_dataset.py"
 K = 294
 
 
