@@ -231,11 +231,14 @@ def check_command(command: str) -> List[str]:
             if not w.startswith("-") and not (REPO / w).exists():
                 problems.append(f"test path {w} does not exist")
         return problems
-    if words[0] != "python" or len(words) < 2 or not words[1].endswith(".py"):
+    if words[:2] == ["python", "-m"] and len(words) > 2:
+        script, words = f"-m {words[2]}", words[1:]  # a module's command line, e.g. the self-check
+    elif words[0] != "python" or len(words) < 2 or not words[1].endswith(".py"):
         return [f"unrecognised command form: {command}"]
-    script = words[1]
-    if not (REPO / script).is_file():
-        return [f"{script} does not exist"]
+    else:
+        script = words[1]
+        if not (REPO / script).is_file():
+            return [f"{script} does not exist"]
     help_text = _help(script)
     options = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", help_text))
     keys = _all_config_keys()

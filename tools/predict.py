@@ -97,7 +97,9 @@ def get_parser() -> argparse.ArgumentParser:
         help="processes per machine: one per GPU, or CPU processes with MODEL.DEVICE cpu",
     )
     parser.add_argument("--num-machines", type=int, default=1)
-    parser.add_argument("--machine-rank", type=int, default=0, help="this machine's rank")
+    parser.add_argument(
+        "--machine-rank", type=int, default=0, help="rank of the machine running this command"
+    )
     parser.add_argument(
         "--dist-url",
         default="auto",

@@ -15,6 +15,12 @@ import argparse
 import logging
 import sys
 import time
+import warnings
+
+with warnings.catch_warnings(record=True) as _import_warnings:
+    warnings.simplefilter("always")
+    from kgdet import cli  # imports Detectron2; its warnings are replayed, minus third-party ones
+cli.filter_third_party_warnings(replay=_import_warnings)
 
 from kgdet.benchmark.simulate_deepfashion2 import DF2_SPLITS, write_simulated_split
 

@@ -200,7 +200,7 @@ def test_channels_last_model_with_detectron2_impl(monkeypatch):
 
     calls = []
     monkeypatch.setattr(d2_deform, "deform_conv", _strict_detectron2_op(calls))
-    config = str(Path(__file__).resolve().parents[1] / "configs" / "kgdet_synth.yaml")
+    config = str(Path(__file__).resolve().parents[2] / "configs" / "kgdet_synth.yaml")
     cfg = get_kgdet_cfg(
         config, ["MODEL.KGDET.CHANNELS_LAST", "True", "MODEL.KGDET.DEFORM_IMPL", "detectron2"]
     )

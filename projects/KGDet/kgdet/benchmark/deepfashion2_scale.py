@@ -189,7 +189,9 @@ def _step_evaluate(a: Dict[str, Any]) -> Dict[str, Any]:
 
     name = "df2_scale_" + a["tag"]
     official = "True" if a.get("reference") else "False"
-    cfg = _config(a, ["DATASETS.TEST", f"('{name}',)", "TEST.OFFICIAL_COCO_EVAL", official])
+    save = "True" if a.get("save_results", True) else "False"
+    overrides = ["DATASETS.TEST", f"('{name}',)", "TEST.OFFICIAL_COCO_EVAL", official]
+    cfg = _config(a, overrides + ["TEST.SAVE_COCO_RESULTS", save])
     summary = load_garment_summary(a["json"])
     trainer = _trainer_class(a.get("train_net"))
     t0 = time.perf_counter()
@@ -478,14 +480,12 @@ def run_scale_benchmark(args: argparse.Namespace, echo=print) -> Dict[str, Any]:
                     detections=args.detections,
                     reference=variant == "reference",
                     output_dir=out_dir,
+                    save_results=n <= args.save_results_max,
                 )
-                measure(
-                    f"evaluate {n} x {args.detections}",
-                    variant,
-                    "evaluate",
-                    step_args,
-                    "TEST.OFFICIAL_COCO_EVAL True" if variant == "reference" else "config default",
-                )
+                note = "TEST.OFFICIAL_COCO_EVAL True" if variant == "reference" else "compact"
+                if n > args.save_results_max:
+                    note += ", TEST.SAVE_COCO_RESULTS False"
+                measure(f"evaluate {n} x {args.detections}", variant, "evaluate", step_args, note)
                 shutil.rmtree(out_dir, ignore_errors=True)
     return {"settings": vars(args), "rows": rows, "ratios": compute_scale_ratios(rows)}
 
@@ -610,6 +610,14 @@ def add_scale_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         type=int,
         default=1000,
         help="largest evaluation also run with the reference evaluator",
+    )
+    parser.add_argument(
+        "--save-results-max",
+        type=int,
+        default=4000,
+        help="largest evaluation that also writes coco_instances_results.json (all K keypoints "
+        "per detection: about 1.3 GB of text per 1,000 images x 100 detections); larger ones "
+        "run with TEST.SAVE_COCO_RESULTS False",
     )
     parser.add_argument(
         "--reference-max-register",

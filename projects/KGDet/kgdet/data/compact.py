@@ -366,7 +366,11 @@ def load_compact_annotations(
     )
     compact.consistency = compact.check_consistency(os.fspath(json_file))
     if outside_block == "raise":
+        try:
+            compact.check_outside_block()
+        except OutsideClassBlockError as e:  # named with every problem across records
+            kinds = "".join(f"\n  {f.kind}: {f.message}" for f in compact.consistency.errors)
+            raise OutsideClassBlockError(f"{e}{kinds}") from None
         compact.consistency.raise_if_errors()
-        compact.check_outside_block()
         compact.consistency.log()
     return compact
