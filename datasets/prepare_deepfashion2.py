@@ -50,7 +50,7 @@ with warnings.catch_warnings(record=True) as _import_warnings:
     from kgdet import cli  # imports Detectron2; its warnings are replayed, minus third-party ones
 cli.filter_third_party_warnings(replay=_import_warnings)
 
-from kgdet.data.convert_deepfashion2 import convert_deepfashion2
+from kgdet.data.prepare.convert_deepfashion2 import convert_deepfashion2
 
 
 def main(argv=None) -> int:

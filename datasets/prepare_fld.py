@@ -34,7 +34,7 @@ with warnings.catch_warnings(record=True) as _import_warnings:
     from kgdet import cli  # imports Detectron2; its warnings are replayed, minus third-party ones
 cli.filter_third_party_warnings(replay=_import_warnings)
 
-from kgdet.data.convert_fld import FLD_SPLITS, convert_fld
+from kgdet.data.prepare.convert_fld import FLD_SPLITS, convert_fld
 
 
 def main(argv=None) -> int:

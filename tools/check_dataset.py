@@ -36,8 +36,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 import kgdet  # noqa: F401 - registers the built-in datasets
 from kgdet.data.consistency import check_coco_consistency
-from kgdet.data.conversion import ConversionReport
 from kgdet.data.image_io import ImageReadError, inspect_image
+from kgdet.data.prepare.conversion import ConversionReport
 from kgdet.data.register import DEEPFASHION2_SCHEMA, FLD_SCHEMA
 from kgdet.data.validation import (
     AnnotationFileError,

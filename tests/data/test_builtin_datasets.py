@@ -10,8 +10,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 import kgdet  # noqa: F401  (registers the built-in datasets)
 from kgdet.data import register_fld_instances
-from kgdet.data.convert_fld import convert_fld
 from kgdet.data.deepfashion2_meta import DF2_CLASS_NAMES
+from kgdet.data.prepare.convert_fld import convert_fld
 
 FLD_FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "fld"
 

@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 import pytest
 
-from kgdet.data.convert_deepfashion2 import convert_deepfashion2
-from kgdet.data.convert_fld import convert_fld
+from kgdet.data.prepare.convert_deepfashion2 import convert_deepfashion2
+from kgdet.data.prepare.convert_fld import convert_fld
 from PIL import Image
 
 W, H = 200, 300

@@ -7,7 +7,7 @@ import pytest
 
 from builders import load_script
 from kgdet.data import load_fld_json
-from kgdet.data.convert_fld import convert_fld
+from kgdet.data.prepare.convert_fld import convert_fld
 
 TESTS_DIR = Path(__file__).resolve().parents[1]
 FLD = TESTS_DIR / "fixtures" / "fld"

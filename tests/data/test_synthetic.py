@@ -10,7 +10,7 @@ import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
-import kgdet.data.synthetic as synthetic
+import kgdet.data.synthetic.datasets as synthetic
 from kgdet.data.deepfashion2_meta import (
     DF2_CLASS_NAMES,
     DF2_KEYPOINT_OKS_SIGMAS,
@@ -25,7 +25,7 @@ from kgdet.data.synthetic import (
     register_synthetic_dataset,
     register_synthetic_datasets,
 )
-from kgdet.data.synthetic_layouts import (
+from kgdet.data.synthetic.layouts import (
     DF2_SIGMA_SOURCES,
     SHAPE_BUILDERS,
     landmark_kind,

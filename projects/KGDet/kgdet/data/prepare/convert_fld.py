@@ -23,15 +23,7 @@ import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 from tqdm import tqdm
 
-from .conversion import (
-    ConversionReport,
-    ConversionSummary,
-    atomic_output,
-    check_image_file,
-    coco_categories,
-    report_path_for,
-)
-from .fld_meta import (
+from ..fld_meta import (
     FLD_CLASS_KEYPOINT_SLOTS,
     FLD_CLASS_NAMES,
     FLD_KEYPOINT_NAMES,
@@ -39,6 +31,14 @@ from .fld_meta import (
     FLD_VARIATION_TYPES,
     FLD_VISIBILITY_PADDING,
     FLD_VISIBILITY_TO_COCO,
+)
+from .conversion import (
+    ConversionReport,
+    ConversionSummary,
+    atomic_output,
+    check_image_file,
+    coco_categories,
+    report_path_for,
 )
 
 __all__ = ["convert_fld", "fld_categories", "read_fld_list", "FLD_SPLITS"]

@@ -44,8 +44,8 @@ import cv2
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
-from .synthetic_layouts import DF2_LIKE_LAYOUT, FLD_LAYOUT, LAYOUTS, KeypointLayout, get_layout
-from .synthetic_render import render_synthetic_image
+from .layouts import DF2_LIKE_LAYOUT, FLD_LAYOUT, LAYOUTS, KeypointLayout, get_layout
+from .render import render_synthetic_image
 
 __all__ = [
     "SYNTHETIC_DATASETS",

@@ -24,8 +24,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Sequence, Tuple, Union
 
-from .deepfashion2_meta import DF2_KEYPOINT_OKS_SIGMAS, DF2_KEYPOINT_SLOT_RANGES
-from .fld_meta import FLD_CLASS_KEYPOINT_SLOTS, FLD_CLASS_NAMES, FLD_KEYPOINT_NAMES
+from ..deepfashion2_meta import DF2_KEYPOINT_OKS_SIGMAS, DF2_KEYPOINT_SLOT_RANGES
+from ..fld_meta import FLD_CLASS_KEYPOINT_SLOTS, FLD_CLASS_NAMES, FLD_KEYPOINT_NAMES
 
 __all__ = [
     "KeypointLayout",

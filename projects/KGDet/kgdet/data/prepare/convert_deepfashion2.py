@@ -28,7 +28,8 @@ Known problems of the official converter fixed here:
   ``category_name`` is checked against its ``category_id`` and a disagreement is reported;
 * it reads the size from the image header, ignoring EXIF orientation, while Detectron2's
   ``read_image`` applies it (mirroring or rotating the pixels under the annotations); here every
-  image is checked by :func:`kgdet.data.conversion.check_image_file` as the model will see it:
+  image is checked by :func:`kgdet.data.prepare.conversion.check_image_file` as the model will
+  see it:
   an image with any EXIF orientation other than 1, an unreadable or truncated image (the pixels
   are decoded unless ``decode=False``), and an image too small for its boxes are reported and
   skipped;
@@ -50,7 +51,15 @@ import tempfile
 from typing import Any, Dict, List, Optional, Tuple
 from tqdm import tqdm
 
-from ..validators import short_repr as _short
+from ...validators import short_repr as _short
+from ..deepfashion2_meta import (
+    DF2_CLASS_NAMES,
+    DF2_KEYPOINT_NAMES,
+    DF2_KEYPOINT_SLOT_RANGES,
+    DF2_NUM_KEYPOINTS,
+    DF2_NUM_KEYPOINTS_PER_CLASS,
+    DF2_RAW_CATEGORY_NAMES,
+)
 from .conversion import (
     ConversionReport,
     ConversionSummary,
@@ -60,14 +69,6 @@ from .conversion import (
     is_int,
     is_number,
     report_path_for,
-)
-from .deepfashion2_meta import (
-    DF2_CLASS_NAMES,
-    DF2_KEYPOINT_NAMES,
-    DF2_KEYPOINT_SLOT_RANGES,
-    DF2_NUM_KEYPOINTS,
-    DF2_NUM_KEYPOINTS_PER_CLASS,
-    DF2_RAW_CATEGORY_NAMES,
 )
 
 __all__ = ["convert_deepfashion2", "deepfashion2_categories"]

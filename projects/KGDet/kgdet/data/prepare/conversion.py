@@ -11,9 +11,9 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
-from ..file_io import atomic_output
-from ..validators import is_int, is_number
-from .image_io import ImageInfo, ImageReadError, inspect_image
+from ...file_io import atomic_output
+from ...validators import is_int, is_number
+from ..image_io import ImageInfo, ImageReadError, inspect_image
 
 __all__ = [
     "coco_categories",

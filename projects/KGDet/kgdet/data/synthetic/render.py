@@ -29,13 +29,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 import cv2
 
-from .synthetic_layouts import (
-    SHAPE_BUILDERS,
-    SHAPE_ROLES,
-    KeypointLayout,
-    mirror_vertices,
-    resolve_keypoint,
-)
+from .layouts import SHAPE_BUILDERS, SHAPE_ROLES, KeypointLayout, mirror_vertices, resolve_keypoint
 
 __all__ = ["render_synthetic_image", "GARMENT_COUNT_PROBS"]
 
