@@ -2,12 +2,12 @@
 paths at the scale of the real data set without its images.
 
 :func:`write_simulated_split` writes a COCO-style json in the official converter's layout
-(:mod:`kgdet.data.prepare.convert_deepfashion2`): the 13 official category records, one image
-record per image (``NNNNNN.jpg``, id = number, width/height), one annotation per garment with
-``bbox`` ``[x, y, w, h]`` (integer pixels), ``area`` = box area, ``iscrowd`` 0, ``pair_id``,
-``style``, 294 x 3 float ``keypoints`` (zeros outside the class block), ``num_keypoints`` = #(v > 0) and one
-polygon. Records are streamed to a temporary file renamed into place at the end, so writing the
-full training split needs little memory and a failure leaves no partial file.
+(:mod:`kgdet.data.prepare.convert_deepfashion2`): the 13 official category records, one image record
+per image (``NNNNNN.jpg``, id = number, width/height), one annotation per garment with ``bbox``
+``[x, y, w, h]`` (integer pixels), ``area`` = box area, ``iscrowd`` 0, ``pair_id``, ``style``, 294 x
+3 float ``keypoints`` (zeros outside the class block), ``num_keypoints`` = #(v > 0) and one polygon.
+Records are streamed to a temporary file renamed into place at the end, so writing the full training
+split needs little memory and a failure leaves no partial file.
 
 What is simulated (and from where):
 
