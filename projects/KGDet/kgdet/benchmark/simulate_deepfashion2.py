@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Dict, List, NamedTuple, Optional, Tuple
 import cv2
 
-from ..data.convert_deepfashion2 import deepfashion2_categories
+from ..data.prepare.convert_deepfashion2 import deepfashion2_categories
 from ..data.deepfashion2_meta import (
     DF2_KEYPOINT_SLOT_RANGES,
     DF2_NUM_KEYPOINTS,
