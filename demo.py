@@ -47,13 +47,11 @@ import numpy as np
 import os
 import re
 import sys
-import warnings
 from typing import Dict, List, Sequence, Tuple
 
-with warnings.catch_warnings(record=True) as _import_warnings:
-    warnings.simplefilter("always")
-    from kgdet import cli  # imports Detectron2; its warnings are replayed, minus third-party ones
-cli.filter_third_party_warnings(replay=_import_warnings)
+from kgdet import cli  # first: importing kgdet hides known third-party import warnings
+
+# isort: split
 
 import cv2
 import tqdm

@@ -18,13 +18,11 @@ in one line and exit status 2; ``--debug`` (or ``KGDET_DEBUG=1``) shows the trac
 import logging
 import os
 import sys
-import warnings
 from collections import OrderedDict
 
-with warnings.catch_warnings(record=True) as _import_warnings:
-    warnings.simplefilter("always")
-    from kgdet import cli  # imports Detectron2; its warnings are replayed, minus third-party ones
-cli.filter_third_party_warnings(replay=_import_warnings)
+from kgdet import cli  # first: importing kgdet hides known third-party import warnings
+
+# isort: split
 
 import detectron2.engine.defaults as d2_defaults
 import detectron2.utils.comm as comm

@@ -27,12 +27,10 @@ FLD is evaluated with box AP plus NE/PDL, not keypoint AP.
 import argparse
 import functools
 import sys
-import warnings
 
-with warnings.catch_warnings(record=True) as _import_warnings:
-    warnings.simplefilter("always")
-    from kgdet import cli  # imports Detectron2; its warnings are replayed, minus third-party ones
-cli.filter_third_party_warnings(replay=_import_warnings)
+from kgdet import cli  # first: importing kgdet hides known third-party import warnings
+
+# isort: split
 
 from kgdet.data.prepare.convert_fld import FLD_SPLITS, convert_fld
 

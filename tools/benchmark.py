@@ -25,13 +25,11 @@ class count set to the KGDet config's ``MODEL.KGDET.NUM_CLASSES``.
 import argparse
 import importlib.util
 import sys
-import warnings
 from typing import Optional, Sequence
 
-with warnings.catch_warnings(record=True) as _import_warnings:
-    warnings.simplefilter("always")
-    from kgdet import cli  # imports Detectron2; its warnings are replayed, minus third-party ones
-cli.filter_third_party_warnings(replay=_import_warnings)
+from kgdet import cli  # first: importing kgdet hides known third-party import warnings
+
+# isort: split
 
 import torch  # noqa: E402
 

@@ -27,13 +27,11 @@ import os
 import resource
 import sys
 import time
-import warnings
 from typing import Callable
 
-with warnings.catch_warnings(record=True) as _import_warnings:
-    warnings.simplefilter("always")
-    from kgdet import cli  # imports Detectron2; its warnings are replayed, minus third-party ones
-cli.filter_third_party_warnings(replay=_import_warnings)
+import kgdet  # noqa: F401  (first: importing kgdet hides known third-party import warnings)
+
+# isort: split
 
 from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_train_loader
 from detectron2.data.build import get_detection_dataset_dicts

@@ -16,13 +16,11 @@ import importlib.util
 import os
 import shutil
 import sys
-import warnings
 from pathlib import Path
 
-with warnings.catch_warnings(record=True) as _import_warnings:
-    warnings.simplefilter("always")
-    from kgdet import cli
-cli.filter_third_party_warnings(replay=_import_warnings)
+import kgdet  # noqa: F401  (first: importing kgdet hides known third-party import warnings)
+
+# isort: split
 
 import torch  # noqa: E402
 

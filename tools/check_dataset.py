@@ -22,12 +22,10 @@ import argparse
 import logging
 import os
 import sys
-import warnings
 
-with warnings.catch_warnings(record=True) as _import_warnings:
-    warnings.simplefilter("always")
-    from kgdet import cli  # imports Detectron2; its warnings are replayed, minus third-party ones
-cli.filter_third_party_warnings(replay=_import_warnings)
+from kgdet import cli  # first: importing kgdet hides known third-party import warnings
+
+# isort: split
 
 from typing import Dict, List, Optional, Tuple
 import tqdm

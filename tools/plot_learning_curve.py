@@ -8,12 +8,10 @@ Evaluations are logged when ``TEST.EVAL_PERIOD`` > 0 (and once after the last it
 
 import argparse
 import sys
-import warnings
 
-with warnings.catch_warnings(record=True) as _import_warnings:
-    warnings.simplefilter("always")
-    from kgdet import cli  # imports Detectron2; its warnings are replayed, minus third-party ones
-cli.filter_third_party_warnings(replay=_import_warnings)
+from kgdet import cli  # first: importing kgdet hides known third-party import warnings
+
+# isort: split
 
 from kgdet.evaluation.learning_curve import DEFAULT_KEYS, plot_learning_curve, read_metrics
 

@@ -18,13 +18,11 @@ import logging
 import os
 import re
 import sys
-import warnings
 from typing import Sequence
 
-with warnings.catch_warnings(record=True) as _import_warnings:
-    warnings.simplefilter("always")
-    from kgdet import cli  # imports Detectron2; its warnings are replayed, minus third-party ones
-cli.filter_third_party_warnings(replay=_import_warnings)
+from kgdet import cli  # first: importing kgdet hides known third-party import warnings
+
+# isort: split
 
 from detectron2.engine import launch
 from detectron2.utils.logger import setup_logger

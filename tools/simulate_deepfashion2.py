@@ -15,12 +15,10 @@ import argparse
 import logging
 import sys
 import time
-import warnings
 
-with warnings.catch_warnings(record=True) as _import_warnings:
-    warnings.simplefilter("always")
-    from kgdet import cli  # imports Detectron2; its warnings are replayed, minus third-party ones
-cli.filter_third_party_warnings(replay=_import_warnings)
+import kgdet  # noqa: F401  (first: importing kgdet hides known third-party import warnings)
+
+# isort: split
 
 from kgdet.benchmark.simulate_deepfashion2 import DF2_SPLITS, write_simulated_split
 

@@ -33,12 +33,12 @@ from dataclasses import dataclass
 from typing import Dict, List, NamedTuple, Optional, Tuple
 import cv2
 
-from ..data.prepare.convert_deepfashion2 import deepfashion2_categories
 from ..data.deepfashion2_meta import (
     DF2_KEYPOINT_SLOT_RANGES,
     DF2_NUM_KEYPOINTS,
     DF2_NUM_KEYPOINTS_PER_CLASS,
 )
+from ..data.prepare.convert_deepfashion2 import deepfashion2_categories
 from ..file_io import atomic_output, write_atomic
 
 __all__ = [
