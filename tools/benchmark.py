@@ -33,23 +33,11 @@ from kgdet import cli  # first: importing kgdet hides known third-party import w
 
 import torch  # noqa: E402
 
-# Re-exported for tools/plot_scaling.py and tools/profile_model.py (tools/ is not a package).
-from kgdet.benchmark import (  # noqa: F401,E402
+from kgdet.benchmark import (
     BASELINES,
-    DISPLAY_NAMES,
-    backbone_fn,
-    build_benchmark_model,
     build_kgdet_cfg,
-    count_flops,
     format_report,
-    head_fn,
-    inference_fn,
-    make_image,
-    make_training_input,
-    model_num_classes,
-    model_num_keypoints,
     run_benchmark,
-    time_call,
     write_json_atomic,
 )
 

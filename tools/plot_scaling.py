@@ -28,8 +28,7 @@ from kgdet import cli  # first: importing kgdet hides known third-party import w
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchmark import (  # noqa: E402  (tools/ is not a package)
+from kgdet.benchmark import (
     DISPLAY_NAMES,
     backbone_fn,
     build_benchmark_model,

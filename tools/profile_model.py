@@ -28,8 +28,7 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile, record_function
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchmark import (  # noqa: E402  (tools/ is not a package)
+from kgdet.benchmark import (
     build_benchmark_model,
     make_image,
     make_training_input,

@@ -11,7 +11,7 @@ from kgdet.modeling.deform_conv import (
     deform_conv2d_grid_sample,
     detectron2_cuda_op_runs,
 )
-from kgdet.selftest import check_deform_conv, cuda_skip_reason
+from kgdet.selftest.checks import check_deform_conv, cuda_skip_reason
 
 FAST_IMPLS = {"gather": deform_conv2d_gather, "grid_sample": deform_conv2d_grid_sample}
 
@@ -255,7 +255,7 @@ def test_auto_uses_detectron2_when_its_cuda_op_runs(monkeypatch, _fresh_probe):
 def test_cuda_paths_match_torchvision_and_detectron2():
     """On CUDA: gather, grid_sample, torchvision and (when its CUDA ops run here) Detectron2's
     op agree in values and gradients, with plain and channels-last weights
-    (kgdet.selftest.check_deform_conv, also run by python -m kgdet.selftest)."""
+    (kgdet.selftest.checks.check_deform_conv, also run by python -m kgdet.selftest)."""
     reason = cuda_skip_reason()
     if reason:
         pytest.skip(reason)

@@ -5,17 +5,7 @@ skip with the reason elsewhere (``python -m pytest tests/tools/test_selftest.py 
 import io
 import pytest
 
-from kgdet.selftest import (
-    HEAD_VARIANTS,
-    check_ddp,
-    check_export_onnx,
-    check_export_torchscript,
-    check_inference_parity,
-    check_synthetic_training,
-    check_training,
-    cuda_skip_reason,
-    report,
-)
+from kgdet.selftest import checks, report
 from kgdet.selftest.__main__ import main
 from kgdet.selftest.models import default_configs_dir
 
@@ -23,21 +13,21 @@ CONFIGS = default_configs_dir()
 
 
 def _need_cuda():
-    reason = cuda_skip_reason()
+    reason = checks.cuda_skip_reason()
     if reason:
         pytest.skip(reason)
 
 
-@pytest.mark.parametrize("variant", sorted(HEAD_VARIANTS))
+@pytest.mark.parametrize("variant", sorted(checks.HEAD_VARIANTS))
 def test_ddp_without_find_unused_parameters_on_cpu(variant):
     """One-process gloo group: DDP's reducer raises on the second step if a trainable parameter
     got no gradient in the first (what find_unused_parameters=False needs)."""
-    assert "all" in check_ddp(CONFIGS, variant, "cpu")
+    assert "all" in checks.check_ddp(CONFIGS, variant, "cpu")
 
 
 def test_amp_training_steps_on_cpu():
     """bfloat16 autocast, GradScaler, channels-last weights and fused AdamW with clipping."""
-    detail = check_training(CONFIGS, "cpu", amp=True, iters=2, size=(64, 96))
+    detail = checks.check_training(CONFIGS, "cpu", amp=True, iters=2, size=(64, 96))
     assert "AMP bfloat16" in detail
 
 
@@ -82,40 +72,40 @@ def test_run_checks_skips_and_continues():
 @pytest.mark.parametrize("amp", [False, True], ids=["float32", "amp"])
 def test_cuda_training_steps(amp):
     _need_cuda()
-    check_training(CONFIGS, "cuda", amp=amp)
+    checks.check_training(CONFIGS, "cuda", amp=amp)
 
 
 @pytest.mark.cuda
 def test_cuda_inference_matches_cpu_on_the_same_weights():
     _need_cuda()
-    check_inference_parity(CONFIGS, "cuda")
+    checks.check_inference_parity(CONFIGS, "cuda")
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("variant", sorted(HEAD_VARIANTS))
+@pytest.mark.parametrize("variant", sorted(checks.HEAD_VARIANTS))
 def test_cuda_ddp_without_find_unused_parameters(variant):
     _need_cuda()
-    check_ddp(CONFIGS, variant, "cuda")
+    checks.check_ddp(CONFIGS, variant, "cuda")
 
 
 @pytest.mark.cuda
 def test_cuda_synthetic_training(tmp_path):
     _need_cuda()
-    check_synthetic_training(CONFIGS, "cuda", str(tmp_path), iters=20)
+    checks.check_synthetic_training(CONFIGS, "cuda", str(tmp_path), iters=20)
 
 
 @pytest.mark.cuda
 def test_cuda_export_round_trip(tmp_path):
     _need_cuda()
-    check_export_torchscript(CONFIGS, "cuda", str(tmp_path))
+    checks.check_export_torchscript(CONFIGS, "cuda", str(tmp_path))
     try:
-        check_export_onnx(CONFIGS, "cuda", str(tmp_path))
+        checks.check_export_onnx(CONFIGS, "cuda", str(tmp_path))
     except report.CheckSkipped as e:
         pytest.skip(str(e))
 
 
 def test_cli_cuda_without_cuda_fails_once_and_skips_the_rest(capsys):
-    if cuda_skip_reason() is None:
+    if checks.cuda_skip_reason() is None:
         pytest.skip("CUDA is available here")
     assert main(["--device", "cuda", "--only", "cuda_available", "deform_conv"]) == 1
     out = capsys.readouterr().out

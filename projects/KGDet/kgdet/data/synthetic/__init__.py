@@ -2,30 +2,7 @@
 first use and cached (:mod:`.datasets`), their keypoint layouts (:mod:`.layouts`) and the
 renderer (:mod:`.render`)."""
 
-from .datasets import (
-    DF2_LIKE_LAYOUT,
-    FLD_LAYOUT,
-    LAYOUTS,
-    SYNTHETIC_DATASETS,
-    KeypointLayout,
-    generate_synthetic_dataset,
-    get_layout,
-    load_or_generate_synthetic_dataset,
-    register_synthetic_dataset,
-    register_synthetic_datasets,
-    synthetic_metadata,
-)
+from . import datasets
+from .datasets import *  # the public names of :mod:`.datasets`
 
-__all__ = [
-    "SYNTHETIC_DATASETS",
-    "KeypointLayout",
-    "DF2_LIKE_LAYOUT",
-    "FLD_LAYOUT",
-    "LAYOUTS",
-    "get_layout",
-    "synthetic_metadata",
-    "generate_synthetic_dataset",
-    "load_or_generate_synthetic_dataset",
-    "register_synthetic_dataset",
-    "register_synthetic_datasets",
-]
+__all__ = list(datasets.__all__)
