@@ -45,7 +45,6 @@ import glob
 import logging
 import numpy as np
 import os
-import re
 import sys
 from typing import Dict, List, Sequence, Tuple
 
@@ -67,8 +66,6 @@ from kgdet.predict import check_resizable, instances_to_records, list_inputs, pi
 from kgdet.predictor import KGDetPredictor
 
 logger = logging.getLogger("kgdet.demo")
-
-_CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Za-z0-9_]+)+$")
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -120,30 +117,15 @@ def get_parser() -> argparse.ArgumentParser:
         help="run without MODEL.WEIGHTS (a randomly initialised model, which finds nothing "
         "meaningful); without this flag an empty MODEL.WEIGHTS is refused",
     )
-    cli.add_debug_argument(parser)
-    parser.add_argument(
-        "--opts", default=[], nargs=argparse.REMAINDER, help="config overrides KEY VALUE ..."
-    )
-    return parser
+    return cli.add_overrides_argument(parser)
 
 
 def parse_args(argv: Sequence[str] = None) -> argparse.Namespace:
     """Parse; ``KEY VALUE`` overrides may also follow the other arguments without ``--opts``."""
-    args, rest = get_parser().parse_known_args(argv)
-    # `--input` takes several values: a config key among them starts the overrides.
-    for i, item in enumerate(args.input):
-        if _CONFIG_KEY.match(item):
-            rest = args.input[i:] + rest
-            args.input = args.input[:i]
-            break
-    unknown = [r for r in rest if r.startswith("--")]
-    if unknown:
-        get_parser().error(f"unrecognized arguments: {' '.join(unknown)}")
-    args.opts = list(rest) + list(args.opts)
+    parser = get_parser()
+    args = cli.parse_args_and_overrides(parser, argv, multi_value=("input",))
     if bool(args.input) == bool(args.dataset):
-        get_parser().error(
-            "give either --input (images, directories or glob patterns) or --dataset NAME"
-        )
+        parser.error("give either --input (images, directories or glob patterns) or --dataset NAME")
     return args
 
 

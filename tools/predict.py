@@ -16,7 +16,6 @@ drawings. See docs/predict.md. The logic lives in ``kgdet.predict``.
 import argparse
 import logging
 import os
-import re
 import sys
 from typing import Sequence
 
@@ -32,7 +31,6 @@ from kgdet.predict import OutputFolder, PredictionOptions, list_inputs, run_pred
 from kgdet.predict.formats import FORMATS
 
 logger = logging.getLogger("kgdet.predict")
-_CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Za-z0-9_]+)+$")
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -104,33 +102,18 @@ def get_parser() -> argparse.ArgumentParser:
         help="initialisation URL of the process group (tcp://HOST:PORT or file://PATH; 'auto': "
         "a free local port, one machine only)",
     )
-    cli.add_debug_argument(parser)
-    parser.add_argument(
-        "--opts", default=[], nargs=argparse.REMAINDER, help="config overrides KEY VALUE ..."
-    )
-    return parser
+    return cli.add_overrides_argument(parser)
 
 
 def parse_args(argv: Sequence[str] = None) -> argparse.Namespace:
     """Parse; ``KEY VALUE`` config overrides may follow the other arguments without ``--opts``."""
     parser = get_parser()
-    args, rest = parser.parse_known_args(argv)
-    for name in ("input", "format"):  # options taking several values: a config key ends them
-        values = getattr(args, name)
-        for i, item in enumerate(values):
-            if _CONFIG_KEY.match(item):
-                rest = values[i:] + rest
-                setattr(args, name, values[:i])
-                break
-    unknown = [r for r in rest if r.startswith("--")]
-    if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args = cli.parse_args_and_overrides(parser, argv, multi_value=("input", "format"))
     if not args.input:
         parser.error("--input needs at least one folder, pattern or file")
     bad = [f for f in args.format if f not in FORMATS]
     if bad:
         parser.error(f"--format {bad[0]}: expected some of {', '.join(FORMATS)}")
-    args.opts = list(rest) + list(args.opts)
     return args
 
 

@@ -19,6 +19,7 @@ import argparse
 import difflib
 import logging
 import os
+import re
 import sys
 import warnings
 from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, Type
@@ -95,19 +96,47 @@ def add_debug_argument(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     return parser
 
 
+# A config key on the command line (``SOLVER.MAX_ITER``, ``MODEL.KGDET.AGG``).
+CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Za-z0-9_]+)+$")
+
+
+def add_overrides_argument(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``--debug`` and ``--opts KEY VALUE ...`` (the overrides may also follow the other
+    arguments without ``--opts``; see :func:`parse_args_and_overrides`)."""
+    add_debug_argument(parser)
+    parser.add_argument(
+        "--opts", default=[], nargs=argparse.REMAINDER, help="config overrides KEY VALUE ..."
+    )
+    return parser
+
+
 def parse_args_and_overrides(
-    parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None
+    parser: argparse.ArgumentParser,
+    argv: Optional[Sequence[str]] = None,
+    multi_value: Sequence[str] = (),
 ) -> argparse.Namespace:
-    """Parse options in any order; the remaining ``KEY VALUE`` pairs become ``args.opts``.
+    """Parse options in any order; the remaining ``KEY VALUE`` pairs become ``args.opts``
+    (followed by those given with ``--opts``, if the parser has it).
+
+    Args:
+        multi_value: destinations of options taking several values (``nargs="+"``): the first
+            config key among their values (:data:`CONFIG_KEY`) starts the overrides.
 
     Raises:
         SystemExit: (argparse's usage error, status 2) for an unknown ``--option``.
     """
-    args, opts = parser.parse_known_args(argv)
-    unknown = [o for o in opts if o.startswith("--")]
+    args, rest = parser.parse_known_args(argv)
+    for name in multi_value:
+        values = list(getattr(args, name, None) or [])
+        for i, item in enumerate(values):
+            if CONFIG_KEY.match(item):
+                rest = values[i:] + rest
+                setattr(args, name, values[:i])
+                break
+    unknown = [o for o in rest if o.startswith("--")]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    args.opts = opts
+    args.opts = list(rest) + list(getattr(args, "opts", None) or [])
     return args
 
 
