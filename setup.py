@@ -36,6 +36,8 @@ setup(
         "fvcore>=0.1.5,<0.1.6",
         "pycocotools>=2.0.2",
         "orjson",  # fast decoding of annotation json records (kgdet.data.json_stream)
+        # C++ COCOeval of the compact DeepFashion2 evaluation (kgdet.evaluation.compact_cocoeval)
+        "faster-coco-eval>=1.8,<2",
         "numpy",
         "opencv-python-headless",
         "Pillow",
