@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 
 from builders import load_script
-from kgdet.data import convert_deepfashion2 as conv
 from kgdet.data import load_deepfashion2_json
 from kgdet.data.deepfashion2_meta import (
     DF2_CLASS_NAMES,
     DF2_KEYPOINT_SLOT_RANGES,
     DF2_RAW_CATEGORY_NAMES,
 )
+from kgdet.data.prepare import convert_deepfashion2 as conv
 from kgdet.data.prepare.convert_deepfashion2 import convert_deepfashion2
 
 TESTS_DIR = Path(__file__).resolve().parents[1]
