@@ -31,6 +31,7 @@ from kgdet.data import (
 from kgdet.data.compact_cache import _read_header, cache_file_for, default_cache_dir
 from kgdet.data.deepfashion2_meta import (
     DF2_CLASS_KEYPOINT_SLOTS,
+    DF2_CLASS_NAMES,
     DF2_KEYPOINT_SLOT_RANGES,
     get_deepfashion2_metadata,
 )
@@ -330,3 +331,13 @@ def test_streaming_reader_gives_what_json_load_gives(tmp_path, monkeypatch):
             else:
                 got.setdefault(key, []).append(item)
         assert json.dumps(got) == json.dumps(expected)
+
+
+def test_json_without_images_loads_and_caches(tmp_path):
+    path = tmp_path / "empty.json"
+    categories = [{"id": i + 1, "name": n} for i, n in enumerate(DF2_CLASS_NAMES)]
+    path.write_text(json.dumps({"images": [], "annotations": [], "categories": categories}))
+    first = load_compact_annotations(str(path), cache_dir=str(tmp_path / "cache"))
+    again = load_compact_annotations(str(path), cache_dir=str(tmp_path / "cache"))
+    assert first.num_images == again.num_images == 0
+    assert first.num_annotations == again.num_annotations == 0

@@ -166,6 +166,8 @@ def write_cache_file(
         with open(tmp, "wb") as f:
             f.write(_MAGIC + struct.pack("<Q", len(text)) + text)
             for name, a in arrays.items():
+                if a.size == 0:  # an empty column (a json without images or garments)
+                    continue
                 f.seek(data_start + columns[name]["offset"])
                 f.write(memoryview(a).cast("B"))
             f.truncate(header["total_size"])
