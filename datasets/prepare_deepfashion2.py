@@ -28,8 +28,8 @@ Known problems of the official converter that this script fixes:
    truncated) and checks neither category ids, visibility codes nor box sizes.
 5. Its category names (``short_sleeved_shirt``, ...) differ from the raw ``category_name``
    strings (``short sleeve top``, ...) (switchablenorms/DeepFashion2, issues/62). The official
-   names are kept (every official COCO-style file and our metadata use them); raw names are cross-checked
-   against category_id and disagreements reported.
+   names are kept (every official COCO-style file and our metadata use them); raw names are
+   cross-checked against category_id and disagreements reported.
 6. It reads width/height from the image header, ignoring EXIF orientation, which Detectron2's
    ``read_image`` applies (mirroring or rotating the pixels under the annotations). Here every
    image is judged as the model will see it: images with any EXIF orientation other than 1,
