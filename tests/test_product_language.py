@@ -1,8 +1,8 @@
 """The repository speaks of the software and its users: no words of how it was developed.
 
 Every tracked text file (``git ls-files``) is searched for phrases that belong to a development
-log rather than to a product: "this session", "the issue's", "acceptance:", verdicts against
-internal figures ("target <= ...") and the like. A hit fails the test with ``file:line``.
+log rather than to a product (``PHRASES``: work sessions, tracker references, verdicts against
+internal figures and the like). A hit fails the test with ``file:line``.
 """
 
 import re
