@@ -27,7 +27,7 @@ Known problems of the official converter that this script fixes:
 4. It indexes landmarks without checking their count (too few: crash; too many: silently
    truncated) and checks neither category ids, visibility codes nor box sizes.
 5. Its category names (``short_sleeved_shirt``, ...) differ from the raw ``category_name``
-   strings (``short sleeve top``, ...) (switchablenorms/DeepFashion2, issues/62). The official
+   strings (``short sleeve top``, ...) (switchablenorms/DeepFashion2 #62). The official
    names are kept (every official COCO-style file and our metadata use them); raw names are
    cross-checked against category_id and disagreements reported.
 6. It reads width/height from the image header, ignoring EXIF orientation, which Detectron2's

@@ -48,7 +48,7 @@ DF2_CLASS_NAMES: List[str] = [
 ]
 
 # ``category_name`` strings of the raw per-image annotations (DF2 README wording), used only to
-# cross-check raw records against their ``category_id`` (switchablenorms/DeepFashion2, issues/62).
+# cross-check raw records against their ``category_id`` (switchablenorms/DeepFashion2 #62).
 DF2_RAW_CATEGORY_NAMES: List[str] = [
     "short sleeve top",
     "long sleeve top",

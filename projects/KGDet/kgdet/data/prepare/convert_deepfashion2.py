@@ -23,7 +23,7 @@ Known problems of the official converter fixed here:
   truncated) and never checks category ids, visibility codes or box sizes; here every bad
   record is reported by file and field with the expected value and its image is skipped;
 * its category names (``short_sleeved_shirt``, ...) differ from the raw ``category_name``
-  strings (``short sleeve top``, ...) (switchablenorms/DeepFashion2, issues/62). The official
+  strings (``short sleeve top``, ...) (switchablenorms/DeepFashion2 #62). The official
   names are kept (they are what the official COCO-style files and Detectron2 metadata use); each raw
   ``category_name`` is checked against its ``category_id`` and a disagreement is reported;
 * it reads the size from the image header, ignoring EXIF orientation, while Detectron2's
