@@ -202,6 +202,7 @@ def _load_in_child(json_file, cache_root, queue):
     )
 
 
+@pytest.mark.slow
 def test_two_processes_share_one_cache_file(tmp_path):
     path = str(tmp_path / "a.json")
     write_df2_layout_json(path, 30, seed=5)

@@ -230,6 +230,7 @@ def _worker(json_path: str, share: int, out_path: str) -> None:
             pickle.dump(result, f)
 
 
+@pytest.mark.slow
 def test_two_process_launch_equals_single_process(tmp_path):
     gt = _ground_truth(20, seed=3)
     json_path = tmp_path / "val.json"

@@ -75,6 +75,7 @@ def _shard_lines(folder: Path, kind: str = "predictions"):
     return [r for p in sorted(folder.glob(f"{kind}.rank*.jsonl")) for r in read_jsonl(str(p))[0]]
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_uninterrupted_records(setup, tmp_path):
     out = tmp_path / "out"
     argv = setup["argv"]([setup["root"] / "images"], out, "--num-workers", "1")
@@ -120,6 +121,7 @@ def test_killed_run_resumes_to_the_uninterrupted_records(setup, tmp_path):
     assert len(_shard_lines(out)) == 18
 
 
+@pytest.mark.slow
 def test_two_process_launch_splits_and_merges_to_the_single_process_records(setup, tmp_path):
     out = tmp_path / "out"
     argv = setup["argv"]([setup["root"] / "images"], out, "--num-workers", "0")
