@@ -44,10 +44,10 @@ from kgdet.data.validation import (
     load_json_file,
 )
 from kgdet.file_io import atomic_output
+from kgdet.predict import list_inputs, pil_image_extensions
 
 logger = logging.getLogger("kgdet.check_dataset")
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 _CONVERTED_MODES = {
     "I;16": "16-bit grayscale, scaled to 8 bits",
     "I;16B": "16-bit grayscale, scaled to 8 bits",
@@ -205,6 +205,15 @@ def _report_consistency(
         add(finding.kind, json_file, field, finding.message, action)
 
 
+def _left_out_summary(skipped: List[Dict[str, str]], most: int = 5) -> str:
+    """One summary entry naming the folder entries that are not checked, with their reasons."""
+    names = [f"{os.path.basename(s['file_name'])} ({s['reason']})" for s in skipped[:most]]
+    more = f", and {len(skipped) - most} more" if len(skipped) > most else ""
+    return f"{len(skipped)} folder entr{'y' if len(skipped) == 1 else 'ies'} left out: " + (
+        ", ".join(names) + more
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     """Run every check; returns the exit status (1 when there is an ERROR)."""
     name, json_file, image_root = _resolve(args)
@@ -240,9 +249,12 @@ def run(args: argparse.Namespace) -> int:
                     continue
                 images.append((path, img, boxes.get(img["id"], [])))
     else:
-        for entry in sorted(os.listdir(image_root)):
-            if entry.lower().endswith(IMAGE_EXTENSIONS):
-                images.append((os.path.join(image_root, entry), None, []))
+        # The listing of demo.py and tools/predict.py: every file with an extension Pillow
+        # reads (.jfif, .jpe, .gif, ...) is decoded; every other entry is named with its reason.
+        listing = list_inputs([image_root], extensions=pil_image_extensions(), sort=True)
+        images.extend((path, None, []) for path in listing.files)
+        if listing.skipped:
+            summary.append(_left_out_summary(listing.skipped))
         if not images:
             report.error("no_images", image_root, "(folder)", "no image files", "nothing to check")
     ok = _check_images(images, report, progress=not args.no_progress)

@@ -85,3 +85,20 @@ def test_demo_images_are_clean(df2_demo_dir, tmp_path, capsys):
         _tool().main([str(df2_demo_dir), "--report", str(tmp_path / "r.txt"), "--no-progress"]) == 0
     )
     assert "clean: 32 images, 55 annotations" in capsys.readouterr().out
+
+
+def test_image_folder_checks_every_readable_format_and_names_the_rest(tmp_path, capsys):
+    folder = tmp_path / "shop"
+    _images(folder, {"a.jpg": "good", "b.jfif": "good", "c.jpe": "good", "d.JPG": "good"})
+    Image.new("P", (40, 30)).save(folder / "e.gif")
+    (folder / "notes.txt").write_text("not an image")
+    (folder / ".DS_Store").write_bytes(b"\0\1")
+    (folder / "sub").mkdir()
+    report = tmp_path / "r.txt"
+    assert _tool().main([str(folder), "--report", str(report), "--no-progress"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "5 of 5 images decode cleanly" in last
+    assert "3 folder entries left out" in last
+    for name in ("notes.txt (not an image file extension)", ".DS_Store (hidden file)", "sub (a"):
+        assert name in last
+    assert "3 folder entries left out" in report.read_text()
