@@ -33,13 +33,8 @@ from kgdet import cli  # first: importing kgdet hides known third-party import w
 
 import torch  # noqa: E402
 
-from kgdet.benchmark import (
-    BASELINES,
-    build_kgdet_cfg,
-    format_report,
-    run_benchmark,
-    write_json_atomic,
-)
+from kgdet.benchmark import BASELINES, build_kgdet_cfg, format_report, run_benchmark
+from kgdet.file_io import write_json_atomic
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,7 +119,7 @@ def _main(args: argparse.Namespace) -> None:
     report = run_benchmark(args)
     print(format_report(report))
     if args.json:
-        write_json_atomic(report, args.json)
+        write_json_atomic(args.json, report, indent=2)
         print(f"[benchmark] wrote {args.json}")
 
 

@@ -12,7 +12,6 @@ exported as Gather + MatMul (what ``tools/deploy/export_model.py --deform-op`` c
 """
 
 import argparse
-import json
 import os
 import platform
 import tempfile
@@ -27,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import deform_conv2d
 
+from kgdet.file_io import write_json_atomic
 from kgdet.modeling.deform_conv import deform_conv2d_gather, deform_conv2d_grid_sample
 
 
@@ -158,11 +158,7 @@ def main() -> None:
             "torch": torch.__version__,
             "results": results,
         }
-        directory = os.path.dirname(os.path.abspath(args.json))
-        os.makedirs(directory, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp") as f:
-            json.dump(payload, f, indent=2)
-        os.replace(f.name, args.json)
+        write_json_atomic(args.json, payload, indent=2)
 
 
 if __name__ == "__main__":

@@ -15,11 +15,9 @@ Writes the PNG and a json of the numbers next to it.
 """
 
 import argparse
-import json
 import numpy as np
 import os
 import sys
-import tempfile
 from typing import Dict, List, Optional, Sequence
 
 from kgdet import cli  # first: importing kgdet hides known third-party import warnings
@@ -39,6 +37,7 @@ from kgdet.benchmark import (
     make_image,
     time_call,
 )
+from kgdet.file_io import write_atomic, write_json_atomic
 
 ASPECT = 800 / 1333
 
@@ -159,11 +158,7 @@ def plot(result: Dict, out_path: str) -> None:
     fig.suptitle(result["caption"], fontsize=8)
     fig.tight_layout()
 
-    directory = os.path.dirname(os.path.abspath(out_path))
-    os.makedirs(directory, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=directory, delete=False, suffix=".png") as f:
-        fig.savefig(f.name, dpi=100)
-    os.replace(f.name, out_path)
+    write_atomic(out_path, lambda tmp: fig.savefig(tmp, dpi=100))
     plt.close(fig)
 
 
@@ -235,11 +230,7 @@ def _main(args: argparse.Namespace) -> None:
     )
     plot(result, args.out)
     json_path = os.path.splitext(args.out)[0] + ".json"
-    with tempfile.NamedTemporaryFile(
-        "w", dir=os.path.dirname(os.path.abspath(json_path)), delete=False, suffix=".tmp"
-    ) as f:
-        json.dump(result, f, indent=2)
-    os.replace(f.name, json_path)
+    write_json_atomic(json_path, result, indent=2)
     print(f"wrote {args.out} and {json_path}")
 
 

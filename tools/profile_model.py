@@ -17,7 +17,6 @@ import functools
 import json
 import os
 import sys
-import tempfile
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from kgdet import cli  # first: importing kgdet hides known third-party import warnings
@@ -35,6 +34,7 @@ from kgdet.benchmark import (
     model_num_classes,
     model_num_keypoints,
 )
+from kgdet.file_io import atomic_output
 
 ROOT_LABEL = "total"
 
@@ -221,9 +221,8 @@ def _main(args: argparse.Namespace) -> None:
         "breakdown_ms_per_run": {label: round(ms, 2) for label, ms, _ in rows},
     }
     for path, content in ((base + ".txt", text), (base + ".json", json.dumps(payload, indent=2))):
-        with tempfile.NamedTemporaryFile("w", dir=args.out, delete=False, suffix=".tmp") as f:
+        with atomic_output(path) as f:
             f.write(content)
-        os.replace(f.name, path)
     print(f"wrote {base}.txt and {base}.json")
 
 

@@ -1,6 +1,8 @@
 """Exported graphs and the device they run on; ONNX Runtime versions and distributions."""
 
+import os
 import re
+import stat
 import warnings
 from importlib import metadata
 from pathlib import Path
@@ -77,3 +79,13 @@ def test_both_onnxruntime_distributions_are_named(monkeypatch):
     del installed["onnxruntime-gpu"]
     assert runtime.conflicting_distributions_message() == ""
     assert runtime.onnxruntime_distributions() == {"onnxruntime": "1.32.0"}
+
+
+def test_exported_file_has_the_permissions_of_a_normally_created_file(cpu_traced):
+    """The export is written to a temporary file and renamed into place; the published file
+    gets the user's umask like any other output (the temporary file is private)."""
+    path, _ = cpu_traced
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left

@@ -16,7 +16,7 @@ from .models import (
     model_num_classes,
     model_num_keypoints,
 )
-from .report import PAPER_FIGURES, compute_ratios, format_report, write_json_atomic
+from .report import PAPER_FIGURES, compute_ratios, format_report
 from .runner import run_benchmark
 from .timing import IdleGate, summarize, time_call
 
@@ -41,5 +41,4 @@ __all__ = [
     "run_benchmark",
     "summarize",
     "time_call",
-    "write_json_atomic",
 ]

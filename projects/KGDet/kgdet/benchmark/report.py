@@ -1,14 +1,12 @@
 """Ratios, the paper's reference figure and the plain-text (Markdown) benchmark table."""
 
-import json
 import os
 import platform
-import tempfile
 from typing import Dict, Optional
 
 from .models import BASELINES, DISPLAY_NAMES
 
-__all__ = ["PAPER_FIGURES", "compute_ratios", "format_report", "write_json_atomic", "cpu_name"]
+__all__ = ["PAPER_FIGURES", "compute_ratios", "format_report", "cpu_name"]
 
 # The paper's Table 1 GFLOPs of KGDet R-50 (3x1280x800, full FPN, deformable convolutions not
 # counted), printed next to the measured count.
@@ -168,12 +166,3 @@ def format_report(report: Dict) -> str:
         + ". Random-init models, batch 1; latency = median (min–max)."
     )
     return "\n".join(lines)
-
-
-def write_json_atomic(payload: Dict, path: str) -> None:
-    """Write ``payload`` as indented JSON at ``path`` (a temporary file renamed into place)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(f.name, path)

@@ -19,8 +19,6 @@ import contextlib
 import copy
 import json
 import logging
-import os
-import tempfile
 import warnings
 from typing import Dict, Iterator, List, Optional
 import torch
@@ -28,6 +26,7 @@ from torch import Tensor, nn
 
 from detectron2.export import TracingAdapter
 
+from ..file_io import write_atomic
 from ..modeling.deform_conv import KGDeformConv
 from .fold import fold_frozen_batchnorm
 from .inference import export_inference
@@ -116,14 +115,6 @@ def export_metadata(model: nn.Module, cfg, fmt: str, names: List[str], **extra) 
     }
 
 
-def _atomic_path(path: str) -> str:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=os.path.splitext(path)[1])
-    os.close(fd)
-    return tmp
-
-
 def export_torchscript(model: nn.Module, cfg, image: Tensor, path: str) -> Dict:
     """Trace ``model`` (already prepared) on ``image`` and save a TorchScript file at ``path``.
 
@@ -139,14 +130,12 @@ def export_torchscript(model: nn.Module, cfg, image: Tensor, path: str) -> Dict:
         traced = torch.jit.trace(adapter, adapter.flattened_inputs, check_trace=False)
     device = next(model.parameters()).device.type  # the graph creates tensors there
     metadata = export_metadata(model, cfg, "torchscript", names, deform_op="gather", device=device)
-    tmp = _atomic_path(path)
-    try:
+
+    def save(tmp: str) -> None:
         with _quiet_tracing():
             torch.jit.save(traced, tmp, _extra_files={METADATA_KEY: json.dumps(metadata)})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+
+    write_atomic(path, save)
     return metadata
 
 
@@ -229,8 +218,9 @@ def export_onnx(
     dynamic_axes = {INPUT_NAME: {1: "height", 2: "width"}}
     dynamic_axes.update({n: {0: "detections"} for n in names if n != "image_size"})
     impl = "torchvision" if deform_op == "DeformConv" else "gather"
-    tmp = _atomic_path(path)
-    try:
+    metadata = export_metadata(model, cfg, "onnx", names, deform_op=deform_op, opset=int(opset))
+
+    def save(tmp: str) -> None:
         with deform_impl(model, impl), torch.no_grad(), _quiet_tracing():
             torch.onnx.export(
                 adapter,
@@ -242,15 +232,12 @@ def export_onnx(
                 output_names=names,
                 dynamic_axes=dynamic_axes,
             )
-        metadata = export_metadata(model, cfg, "onnx", names, deform_op=deform_op, opset=int(opset))
         proto = onnx.load(tmp)
         entry = proto.metadata_props.add()
         entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
         onnx.save(proto, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+
+    write_atomic(path, save)
     return metadata
 
 
