@@ -27,7 +27,7 @@ through :func:`consistency_columns_from_coco` (or :func:`check_coco_consistency`
 import logging
 import numpy as np
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 __all__ = [
     "ConsistencyFinding",
@@ -98,8 +98,16 @@ class ConsistencyReport:
         )
 
     def log(self) -> None:
+        """Log each warning once per process (registration, the loader and the evaluator may
+        check the same file)."""
         for f in self.warnings:
-            logger.warning(f"{self.source}: {f.message}")
+            message = f"{self.source}: {f.message}"
+            if message not in _LOGGED:
+                _LOGGED.add(message)
+                logger.warning(message)
+
+
+_LOGGED: Set[str] = set()
 
 
 def _examples(examples: Sequence[str], total: int) -> str:

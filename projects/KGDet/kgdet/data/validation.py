@@ -145,7 +145,14 @@ class AnnotationCheck:
     consistency: Optional[ConsistencyReport] = None
 
     def messages(self) -> List[str]:
-        """Human-readable notes (one line each) about what was filled or accepted."""
+        """Human-readable notes (one line each) about what was filled or accepted, then the
+        warnings across records (photos, boxes and landmarks of the whole file)."""
+        out = self._record_messages()
+        if self.consistency is not None:
+            out += [f"{self.json_file}: {f.message}" for f in self.consistency.warnings]
+        return out
+
+    def _record_messages(self) -> List[str]:
         out = []
         definitions = {
             "area": "the box area w * h (DeepFashion2's definition)",
@@ -171,13 +178,15 @@ class AnnotationCheck:
                 f"{len(official)} official {self.schema.dataset} categories; class indices "
                 "follow the official ids"
             )
-        if self.consistency is not None:
-            out += [f"{self.json_file}: {f.message}" for f in self.consistency.warnings]
         return out
 
     def log(self) -> None:
-        for m in self.messages():
+        """Log :meth:`messages`; the warnings across records once per process (the loader and
+        the evaluator check the same file again)."""
+        for m in self._record_messages():
             logger.warning(m)
+        if self.consistency is not None:
+            self.consistency.log()
 
 
 class _Problems:
