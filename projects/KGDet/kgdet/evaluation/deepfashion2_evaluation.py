@@ -294,7 +294,8 @@ class DeepFashion2Evaluator(COCOEvaluator):
     def _check_ground_truth_consistency(self, meta) -> Optional[str]:
         """Cross-record checks of the ground truth (:mod:`kgdet.data.consistency`): errors
         raise ``AnnotationFileError``; without any labelled landmark the keypoint task is
-        dropped and the reason returned (logged once here, and with the results)."""
+        dropped and the reason returned (logged here as a warning; the results only say box AP
+        only)."""
         if not self._do_evaluation:
             return None
         slots = meta.get("class_keypoint_slots", None)
@@ -436,7 +437,10 @@ class DeepFashion2Evaluator(COCOEvaluator):
         else:
             results = super().evaluate(img_ids)
         if self._keypoint_ap_not_computed and results is not None:
-            logger.warning(self._keypoint_ap_not_computed)
+            logger.info(
+                f"'{self._dataset_name}': box AP only; keypoint AP not computed (a box-only "
+                "annotation set, warned when the evaluator was built)"
+            )
         return results
 
     def _evaluate_compact(self, img_ids=None):
