@@ -40,6 +40,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+# Warnings already logged by this process (ConsistencyReport.log).
+_LOGGED: Set[str] = set()
+
 _MAX_EXAMPLES = 5
 _CHUNK = 8192  # annotations per block when counting landmarks of a COCO dict
 
@@ -105,9 +108,6 @@ class ConsistencyReport:
             if message not in _LOGGED:
                 _LOGGED.add(message)
                 logger.warning(message)
-
-
-_LOGGED: Set[str] = set()
 
 
 def _examples(examples: Sequence[str], total: int) -> str:
