@@ -33,6 +33,17 @@ __all__ = ["CompactDatasetDicts", "ConcatDatasetDicts", "get_kgdet_dataset_dicts
 logger = logging.getLogger(__name__)
 
 
+def _position(i, n: int) -> int:
+    """Index ``i`` (negative counts from the end) of a sequence of ``n`` images as 0..n-1.
+
+    Raises:
+        IndexError: ``i`` outside ``-n .. n-1``.
+    """
+    if not -n <= i < n:
+        raise IndexError(f"dataset dict index {i} out of range for {n} images")
+    return int(i) % n
+
+
 class CompactDatasetDicts(Sequence[Dict[str, Any]]):
     """Lazy dataset dicts of the image rows ``indices`` (default: all) of ``compact``.
 
@@ -66,10 +77,7 @@ class CompactDatasetDicts(Sequence[Dict[str, Any]]):
     def __getitem__(self, i):
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
-        n = len(self)
-        if not -n <= i < n:
-            raise IndexError(f"dataset dict index {i} out of range for {n} images")
-        i = int(i) % n
+        i = _position(i, len(self))
         return self.record(int(self.indices[i]) if self.indices is not None else i)
 
     def __iter__(self) -> Iterator[Dict[str, Any]]:
@@ -145,10 +153,7 @@ class ConcatDatasetDicts(Sequence[Dict[str, Any]]):
     def __getitem__(self, i):
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
-        n = len(self)
-        if not -n <= i < n:
-            raise IndexError(f"dataset dict index {i} out of range for {n} images")
-        i = int(i) % n
+        i = _position(i, len(self))
         p = int(np.searchsorted(self._ends, i, side="right"))
         start = int(self._ends[p - 1]) if p else 0
         return self.parts[p][i - start]
