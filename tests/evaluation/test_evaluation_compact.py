@@ -228,6 +228,9 @@ def _worker(json_path: str, share: int, out_path: str) -> None:
     if comm.is_main_process():
         with open(out_path, "wb") as f:
             pickle.dump(result, f)
+    # Both ranks leave together, as after an evaluation during training: a rank that exits
+    # while the other still holds its gloo connections can abort that process (SIGABRT).
+    comm.synchronize()
 
 
 @pytest.mark.slow
